@@ -1,0 +1,1 @@
+"""Flywheel: turn logged LLM calls into fine-tuning data."""

@@ -1,0 +1,72 @@
+"""Every environment variable the SDK and the CLI read, in one place.
+
+| variable | default | meaning |
+|---|---|---|
+| ``FLYWHEEL_DATABASE_URL`` | ``sqlite:///flywheel.db`` | SQLAlchemy URL of the store (SDK and CLI). |
+| ``FLYWHEEL_DISABLED`` | unset | ``1``/``true``: clients record nothing and add no overhead. |
+| ``FLYWHEEL_SPOOL_DIR`` | ``~/.cache/flywheel/spool`` | Where records wait while the store is unreachable. |
+| ``FLYWHEEL_MAX_QUEUE_RECORDS`` | ``10000`` | Records held in memory before new ones are dropped (and counted). |
+| ``FLYWHEEL_MAX_QUEUE_BYTES`` | ``67108864`` (64 MiB) | Body bytes held in memory before new records are dropped. |
+| ``FLYWHEEL_FLUSH_INTERVAL`` | ``0.5`` | Seconds between the background writer's batches. |
+| ``FLYWHEEL_PRICES`` | unset | Extra price table file(s) (TOML), ``os.pathsep``-separated, merged over the built-in one. |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "database_url",
+    "disabled",
+    "flush_interval",
+    "max_queue_bytes",
+    "max_queue_records",
+    "price_files",
+    "spool_dir",
+]
+
+DEFAULT_DATABASE_URL = "sqlite:///flywheel.db"
+
+
+def database_url() -> str:
+    return os.environ.get("FLYWHEEL_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def disabled() -> bool:
+    return os.environ.get("FLYWHEEL_DISABLED", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def spool_dir() -> Path:
+    configured = os.environ.get("FLYWHEEL_SPOOL_DIR")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flywheel" / "spool"
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        return default
+
+
+def max_queue_records() -> int:
+    return int(_number("FLYWHEEL_MAX_QUEUE_RECORDS", 10_000))
+
+
+def max_queue_bytes() -> int:
+    return int(_number("FLYWHEEL_MAX_QUEUE_BYTES", 64 * 1024 * 1024))
+
+
+def flush_interval() -> float:
+    return _number("FLYWHEEL_FLUSH_INTERVAL", 0.5)
+
+
+def price_files() -> list[Path]:
+    raw = os.environ.get("FLYWHEEL_PRICES", "")
+    return [Path(p) for p in raw.split(os.pathsep) if p]

@@ -1,0 +1,166 @@
+"""The store's tables: the one definition that the SDK writes, the flywheel reads and Alembic migrates.
+
+Design:
+- ``calls`` has one row per HTTP exchange (each retry attempt is its own row). Bodies are kept as the
+  JSON text that crossed the wire (``RawJSON``): TEXT on SQLite, JSONB on PostgreSQL. Storing the
+  text as it came keeps the SDK's writer cheap, and both databases can still query into it
+  (``json_extract`` / ``->>``).
+- Ids are generated client-side (time-ordered, 32 hex chars) so a batch of calls and their tags
+  can be inserted in one transaction without a round trip for ``RETURNING``.
+- ``call_tags`` is a key/value table, indexed on (key, value) for filtering.
+- Views (``SQL_VIEWS``) turn the common questions into one-liners; they are dialect-specific SQL
+  created by the migrations.
+
+Changing anything here needs a new Alembic revision in ``migrations/versions``; a test checks that
+``upgrade head`` on an empty database matches this metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+__all__ = ["SQL_VIEWS", "RawJSON", "call_tags", "calls", "metadata"]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class RawJSON(TypeDecorator[str]):
+    """JSON kept as the text that was sent or received: TEXT on SQLite, JSONB on PostgreSQL.
+
+    Values bound to it are ``str`` (already-serialized JSON); nothing is parsed in Python.
+    On PostgreSQL the text is cast to ``jsonb`` by the server, and read back as text.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(Text())
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        return None
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name == "postgresql":
+            # psycopg decodes jsonb into Python objects; the contract is text in, text out.
+            import orjson
+
+            def process(value: Any) -> str | None:
+                if value is None or isinstance(value, str):
+                    return value
+                return orjson.dumps(value).decode()
+
+            return process
+        return None
+
+
+calls = Table(
+    "calls",
+    metadata,
+    Column("id", String(32), primary_key=True, comment="Time-ordered id, 32 hex characters."),
+    Column("created_at", DateTime(timezone=True), nullable=False, comment="When the request was sent (UTC)."),
+    Column("method", String(10), nullable=False, comment="HTTP method."),
+    Column("base_url", String(512), nullable=True, comment="Scheme and host of the upstream API."),
+    Column("endpoint", String(256), nullable=False, comment="Path below the API root, e.g. /chat/completions."),
+    Column("model", String(256), nullable=True, comment="Model asked for in the request (or answered)."),
+    Column("request", RawJSON(), nullable=True, comment="JSON body as sent; metadata only for binary bodies."),
+    Column("response", RawJSON(), nullable=True, comment="JSON body, or the assembled stream."),
+    Column("status_code", Integer, nullable=True, comment="HTTP status; NULL when no response arrived."),
+    Column("error", Text, nullable=True, comment="Error message (API error or client-side failure)."),
+    Column("stream", Boolean, nullable=False, default=False, comment="The response was streamed."),
+    Column("complete", Boolean, nullable=False, default=True, comment="False if the body was not fully read."),
+    Column("attempt", Integer, nullable=False, default=0, comment="0 for the first try, n for the n-th retry."),
+    Column("idempotency_key", String(128), nullable=True, comment="Shared by all attempts of one call."),
+    Column("latency_ms", Float, nullable=True, comment="Request sent to last byte received."),
+    Column("ttft_ms", Float, nullable=True, comment="Request sent to first streamed token."),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("total_tokens", Integer, nullable=True),
+    Column("cached_tokens", Integer, nullable=True, comment="Prompt tokens served from the prompt cache."),
+    Column("reasoning_tokens", Integer, nullable=True, comment="Completion tokens spent on reasoning."),
+    Column("cost_usd", Float, nullable=True, comment="NULL when the model is not in the price table."),
+    Column("request_id", String(256), nullable=True, comment="Upstream request id (x-request-id)."),
+    Column("input_hash", String(64), nullable=True, comment="sha256 of the canonical request input."),
+    Index(None, "created_at"),
+    Index(None, "model", "created_at"),
+    Index(None, "endpoint", "created_at"),
+    Index(None, "status_code"),
+    Index(None, "input_hash"),
+)
+
+call_tags = Table(
+    "call_tags",
+    metadata,
+    Column("call_id", String(32), ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(256), primary_key=True),
+    Column("value", Text, nullable=False),
+    Index(None, "key", "value"),
+)
+
+# Views, per dialect. Kept as SQL text: they are created by the migrations and documented in
+# docs/schema.md. ``calls_tagged``: every call with its tags as one JSON object. ``chat_calls``:
+# chat completions with the last message sent and the assistant's reply as plain text.
+SQL_VIEWS: dict[str, dict[str, str]] = {
+    "sqlite": {
+        "calls_tagged": """
+CREATE VIEW calls_tagged AS
+SELECT c.*,
+       (SELECT json_group_object(t.key, t.value) FROM call_tags t WHERE t.call_id = c.id) AS tags
+FROM calls c
+""",
+        "chat_calls": """
+CREATE VIEW chat_calls AS
+SELECT c.id, c.created_at, c.model, c.status_code, c.latency_ms,
+       c.prompt_tokens, c.completion_tokens, c.cost_usd,
+       json_extract(c.request, '$.messages[#-1].content') AS last_message,
+       json_extract(c.response, '$.choices[0].message.content') AS reply,
+       json_extract(c.response, '$.choices[0].finish_reason') AS finish_reason
+FROM calls c
+WHERE c.endpoint = '/chat/completions'
+""",
+    },
+    "postgresql": {
+        "calls_tagged": """
+CREATE VIEW calls_tagged AS
+SELECT c.*,
+       (SELECT jsonb_object_agg(t.key, t.value) FROM call_tags t WHERE t.call_id = c.id) AS tags
+FROM calls c
+""",
+        "chat_calls": """
+CREATE VIEW chat_calls AS
+SELECT c.id, c.created_at, c.model, c.status_code, c.latency_ms,
+       c.prompt_tokens, c.completion_tokens, c.cost_usd,
+       c.request -> 'messages' -> -1 ->> 'content' AS last_message,
+       c.response -> 'choices' -> 0 -> 'message' ->> 'content' AS reply,
+       c.response -> 'choices' -> 0 ->> 'finish_reason' AS finish_reason
+FROM calls c
+WHERE c.endpoint = '/chat/completions'
+""",
+    },
+}
