@@ -1,1 +1,35 @@
-"""Flywheel: turn logged LLM calls into fine-tuning data."""
+"""Flywheel: turn logged LLM calls into fine-tuning data.
+
+Every ``flywheel`` command is a function here first; the CLI (``flywheel.cli``) only parses options
+and prints. Errors a user can act on are ``FlywheelError``s (see ``flywheel.errors``).
+"""
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("llm-flywheel")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+from .errors import BadFilterError, FlywheelError, StoreError, UsageError
+from .logs import recent_calls
+from .migrate import MigrationResult, migrate, pending_migrations
+from .query import CallFilter, filter_calls, parse_tag, parse_time
+from .stats import call_stats
+
+__all__ = [
+    "BadFilterError",
+    "CallFilter",
+    "FlywheelError",
+    "MigrationResult",
+    "StoreError",
+    "UsageError",
+    "__version__",
+    "call_stats",
+    "filter_calls",
+    "migrate",
+    "parse_tag",
+    "parse_time",
+    "pending_migrations",
+    "recent_calls",
+]

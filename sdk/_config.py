@@ -9,6 +9,7 @@
 | ``FLYWHEEL_MAX_QUEUE_BYTES`` | ``67108864`` (64 MiB) | Body bytes held in memory before new records are dropped. |
 | ``FLYWHEEL_FLUSH_INTERVAL`` | ``0.5`` | Seconds between the background writer's batches. |
 | ``FLYWHEEL_PRICES`` | unset | Extra price table file(s) (TOML), ``os.pathsep``-separated, merged over the built-in one. |
+| ``FLYWHEEL_EXIT_TIMEOUT`` | ``5`` | Seconds to wait at exit for queued records; the rest is spooled. |
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "database_url",
     "disabled",
+    "exit_timeout",
     "flush_interval",
     "max_queue_bytes",
     "max_queue_records",
@@ -70,3 +72,7 @@ def flush_interval() -> float:
 def price_files() -> list[Path]:
     raw = os.environ.get("FLYWHEEL_PRICES", "")
     return [Path(p) for p in raw.split(os.pathsep) if p]
+
+
+def exit_timeout() -> float:
+    return _number("FLYWHEEL_EXIT_TIMEOUT", 5.0)

@@ -43,6 +43,8 @@ class Exchange:
 
     status_code: int | None = None
     response_content_type: str | None = None
+    response_content_encoding: str | None = None
+    """``content-encoding`` of the body: the chunks are teed before decompression (gzip, br, ...)."""
     request_id: str | None = None
     response_chunks: list[bytes] | None = None
     """Body chunks as read by the caller; ``None`` for binary bodies (see ``response_size``)."""

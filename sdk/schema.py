@@ -34,6 +34,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 __all__ = ["SQL_VIEWS", "RawJSON", "call_tags", "calls", "metadata"]
@@ -66,9 +70,15 @@ class RawJSON(TypeDecorator[str]):
     def bind_processor(self, dialect: Dialect) -> Any:
         return None
 
+    def column_expression(self, colexpr: ColumnElement[Any]) -> ColumnElement[Any]:
+        # Selected as text on PostgreSQL (``col::text``), so the driver never parses the JSON:
+        # reading a body stays cheap, and a JSON string or ``null`` comes back as its JSON text.
+        return _JSONAsText(colexpr)
+
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         if dialect.name == "postgresql":
-            # psycopg decodes jsonb into Python objects; the contract is text in, text out.
+            # Only reached when the column was not selected through column_expression (e.g. a
+            # textual query typed RawJSON): psycopg has decoded the jsonb, so encode it again.
             import orjson
 
             def process(value: Any) -> str | None:
@@ -78,6 +88,27 @@ class RawJSON(TypeDecorator[str]):
 
             return process
         return None
+
+
+class _JSONAsText(FunctionElement[Any]):
+    """``expr`` as it is, except ``CAST(expr AS TEXT)`` on PostgreSQL (see ``RawJSON.column_expression``)."""
+
+    inherit_cache = True
+    name = "json_as_text"
+
+    def __init__(self, expr: ColumnElement[Any]) -> None:
+        super().__init__(expr)
+        self.type = expr.type
+
+
+@compiles(_JSONAsText)
+def _compile_json_as_text(element: _JSONAsText, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(_JSONAsText, "postgresql")
+def _compile_json_as_text_pg(element: _JSONAsText, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS TEXT)"
 
 
 calls = Table(

@@ -1,0 +1,390 @@
+"""The ``flywheel`` command line: parse options, call the library function, print the result.
+
+Nothing here decides anything: each command converts its options (the filter options through
+``filter_options``) and calls one function of ``flywheel.<module>``. Output is a table for people or,
+with ``--json``, JSON Lines for programs (one object per line: a call, a group, a migration).
+
+Errors: a ``FlywheelError`` from the library, and click's own usage errors, end the process with
+one line on stderr, ``flywheel: error: <what> (<where>)``, and exit code 1 (failure) or 2 (bad
+usage). Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO, Any, TypeVar
+
+import click
+import orjson
+
+from sdk._config import database_url
+
+from . import __version__
+from .errors import FlywheelError, display_url
+from .logs import recent_calls
+from .migrate import describe_revision, migrate, pending_migrations
+from .query import TIME_FORMATS_HELP, CallFilter
+from .stats import GROUP_KEYS, PERCENTILES, call_stats
+
+__all__ = ["cli", "db_option", "filter_options", "json_option", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# --- error handling ---------------------------------------------------------------------------
+
+
+class _OneLineError(click.ClickException):
+    """What every error looks like on the command line: one line, no usage block, no traceback."""
+
+    exit_code = 1
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"flywheel: error: {self.message}", file=file, err=True)
+
+
+class _OneLineUsageError(_OneLineError):
+    exit_code = 2
+
+
+def _one_line(message: str, exit_code: int) -> _OneLineError:
+    return _OneLineUsageError(message) if exit_code == 2 else _OneLineError(message)
+
+
+def _from_usage_error(error: click.UsageError) -> click.ClickException:
+    if isinstance(error, click.exceptions.NoArgsIsHelpError):
+        return error  # `flywheel` alone prints the help, as it should
+    where = f"see '{error.ctx.command_path} --help'" if error.ctx is not None else "see --help"
+    return _one_line(f"{error.format_message()} ({where})", error.exit_code)
+
+
+class FlywheelGroup(click.Group):
+    """A group that lists commands in the order they are defined and prints errors as one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as error:
+            raise _from_usage_error(error) from error
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FlywheelError as error:
+            raise _one_line(str(error), error.exit_code) from error
+        except click.UsageError as error:
+            raise _from_usage_error(error) from error
+
+
+# --- shared options ---------------------------------------------------------------------------
+
+
+def db_option(command: F) -> F:
+    """``--db URL``: the store; default ``$FLYWHEEL_DATABASE_URL``, else ``sqlite:///flywheel.db``."""
+    return click.option(
+        "--db",
+        "db_url",
+        metavar="URL",
+        help="Store to use (SQLAlchemy URL). Default: $FLYWHEEL_DATABASE_URL, else sqlite:///flywheel.db.",
+    )(command)
+
+
+def json_option(command: F) -> F:
+    """``--json``: JSON Lines on stdout instead of a table."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON Lines (one object per line).")(
+        command
+    )
+
+
+def filter_options(command: F) -> F:
+    """The common filter options; the command receives them as one ``call_filter: CallFilter``."""
+
+    @functools.wraps(command)
+    def with_filter(
+        *args: Any,
+        tags: Sequence[str],
+        model: str | None,
+        endpoint: str | None,
+        since: str | None,
+        until: str | None,
+        status: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        call_filter = CallFilter.from_options(
+            tags=tags, model=model, endpoint=endpoint, since=since, until=until, status=status
+        )
+        return command(*args, call_filter=call_filter, **kwargs)
+
+    options = [
+        click.option(
+            "--tag",
+            "tags",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Only calls with this tag; repeat to require several (all must match).",
+        ),
+        click.option("--model", metavar="NAME", help="Only calls to this model (exact name)."),
+        click.option(
+            "--endpoint", metavar="PATH", help="Only calls to this API path, e.g. /chat/completions."
+        ),
+        click.option("--since", metavar="TIME", help=f"Only calls at or after TIME: {TIME_FORMATS_HELP}."),
+        click.option("--until", metavar="TIME", help="Only calls before TIME (same formats as --since)."),
+        click.option(
+            "--status",
+            type=click.Choice(["ok", "error"]),
+            help="ok: HTTP 2xx/3xx; error: HTTP 4xx/5xx or no response (timeout, connection error).",
+        ),
+    ]
+    for option in reversed(options):
+        with_filter = option(with_filter)
+    return with_filter  # type: ignore[return-value]
+
+
+def _db(db_url: str | None) -> str:
+    return db_url or database_url()
+
+
+def _print_json_lines(items: Sequence[dict[str, Any]]) -> None:
+    for item in items:
+        click.echo(orjson.dumps(item, option=orjson.OPT_UTC_Z).decode())
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell; the columns in ``right`` aligned right (numbers)."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}ms" if value < 1000 else f"{value / 1000:.2f}s"
+
+
+def _usd(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "$0"
+    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}" if value >= 0.01 else f"${value:.6f}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@click.group(cls=FlywheelGroup)
+@click.version_option(__version__, "--version", prog_name="flywheel", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Turn logged LLM calls into fine-tuning data.
+
+    The store is a SQL database (--db URL or $FLYWHEEL_DATABASE_URL; default sqlite:///flywheel.db)
+    that the flywheel SDK writes and these commands read.
+    """
+
+
+# Getting started commands come first; `quickstart` joins here, above `migrate`, when it lands.
+
+
+@cli.command("migrate")
+@db_option
+@click.option(
+    "--revision", default="head", show_default=True, metavar="REV", help="Schema revision to upgrade to."
+)
+@click.option("--dry-run", is_flag=True, help="List the migrations that would run; change nothing.")
+@json_option
+def migrate_command(db_url: str | None, revision: str, dry_run: bool, as_json: bool) -> None:
+    """Create or upgrade the store's tables (safe to run again; concurrent runs queue up).
+
+    A missing SQLite file is created (mode 0600). On PostgreSQL, run this before the first
+    recorded call and after every upgrade of llm-flywheel.
+    """
+    url = _db(db_url)
+    shown = display_url(url)
+    if dry_run:
+        pending = pending_migrations(url, revision)
+        if as_json:
+            _print_json_lines([{"url": shown, "pending": pending}])
+        elif not pending:
+            click.echo(f"Nothing to do: the store at {shown} is up to date.")
+        else:
+            click.echo(f"Would apply {len(pending)} migration(s) to {shown}:")
+            for rev in pending:
+                click.echo(f"  {rev}  {describe_revision(rev)}".rstrip())
+        return
+    result = migrate(url, revision)
+    if as_json:
+        _print_json_lines([{"url": shown, "before": result.before, "after": result.after}])
+    elif result.changed:
+        click.echo(f"Migrated the store at {shown}: {result.before or '(empty)'} -> {result.after}.")
+    else:
+        click.echo(f"The store at {shown} is already at revision {result.after}; nothing to do.")
+
+
+@cli.command("logs")
+@db_option
+@filter_options
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, metavar="N", help="Calls to show."
+)
+@click.option("--full", is_flag=True, help="With --json: include the full request and response bodies.")
+@json_option
+def logs_command(db_url: str | None, call_filter: CallFilter, limit: int, full: bool, as_json: bool) -> None:
+    """Show the most recent calls, newest first.
+
+    The table shows time (UTC), model, HTTP status, latency, total tokens, cost, tags and a preview
+    of the last input message and the output. --json prints one call per line.
+    """
+    found = recent_calls(_db(db_url), call_filter, limit, full=full and as_json)
+    if as_json:
+        _print_json_lines(found)
+        return
+    if not found:
+        click.echo("No calls match.", err=True)
+        return
+    rows = []
+    for call in found:
+        preview = call["output_preview"] or call["error"] or ""
+        if call["input_preview"]:
+            preview = f"{call['input_preview']} -> {preview}"
+        rows.append(
+            [
+                call["created_at"].strftime("%Y-%m-%d %H:%M:%S"),
+                call["model"] or "-",
+                "-" if call["status_code"] is None else str(call["status_code"]),
+                _ms(call["latency_ms"]),
+                _number(call["total_tokens"]),
+                _usd(call["cost_usd"]),
+                ",".join(f"{k}={v}" for k, v in call["tags"].items()),
+                _cut(" ".join(preview.split()), 70),
+            ]
+        )
+    headers = ["TIME (UTC)", "MODEL", "STATUS", "LATENCY", "TOKENS", "COST", "TAGS", "PREVIEW"]
+    click.echo(_table(headers, rows, right=(3, 4, 5)))
+
+
+@cli.command("stats")
+@db_option
+@filter_options
+@click.option(
+    "--by",
+    "group_by",
+    multiple=True,
+    metavar="KEY",
+    help=f"Group by {', '.join(GROUP_KEYS)} (HTTP status code) or tag:KEY; repeatable. Default: model.",
+)
+@json_option
+def stats_command(
+    db_url: str | None, call_filter: CallFilter, group_by: tuple[str, ...], as_json: bool
+) -> None:
+    """Calls, errors, tokens, cost and latency percentiles per group.
+
+    Percentiles are continuous (interpolated, like PostgreSQL's percentile_cont). A cost marked *
+    is a lower bound: the price of some calls' model is unknown. --json prints one group per line.
+    """
+    groups = group_by or ("model",)
+    found = call_stats(_db(db_url), call_filter, groups)
+    if as_json:
+        _print_json_lines(found)
+        return
+    if not found:
+        click.echo("No calls match.", err=True)
+        return
+    latency = [f"latency_ms_p{round(q * 100):02d}" for q in PERCENTILES["latency_ms"]]
+    headers = [g.upper() for g in groups] + ["CALLS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL", "COST"]
+    headers += [f"LAT P{name[-2:]}" for name in latency] + ["TTFT P50"]
+    rows = []
+    for group in found:
+        cost = _usd(group["cost_usd"]) + ("*" if group["cost_partial"] else "")
+        rows.append(
+            [*("(none)" if group[g] is None else str(group[g]) for g in groups)]
+            + [
+                _number(group["calls"]),
+                f"{group['errors']} ({group['error_rate']:.1%})",
+                _number(group["prompt_tokens"]),
+                _number(group["completion_tokens"]),
+                _number(group["total_tokens"]),
+                cost,
+            ]
+            + [_ms(group[name]) for name in latency]
+            + [_ms(group["ttft_ms_p50"])]
+        )
+    click.echo(_table(headers, rows, right=range(len(groups), len(headers))))
+    if any(group["cost_partial"] for group in found):
+        click.echo("* cost unknown for some calls (model not in the price table): a lower bound.")
+
+
+@cli.command("mock-server")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, metavar="HOST", help="Interface to listen on."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    metavar="PORT",
+    help="Port to listen on.",
+)
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Wait N milliseconds before every answer.",
+)
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    metavar="F",
+    help="Fraction of requests answered with a 500 error (0 to 1).",
+)
+def mock_server_command(host: str, port: int, latency_ms: float, error_rate: float) -> None:
+    """Serve an OpenAI-compatible API for offline demos and tests (Ctrl+C stops it).
+
+    Chat completions (streamed or not, tools, structured outputs), Responses, Completions,
+    embeddings, models, files and fine-tuning jobs, with deterministic answers. Requests can ask
+    for faults with x-mock-* headers (x-mock-status, x-mock-latency-ms, x-mock-fail-attempts).
+    """
+    from .mock_server import serve  # starlette and uvicorn are only needed here
+
+    shown_host = f"[{host}]" if ":" in host else host
+    base_url = f"http://{shown_host}:{port}/v1"
+    click.echo(f"Mock OpenAI API on {base_url}")
+    click.echo(f"Point a client at it:  OPENAI_BASE_URL={base_url} OPENAI_API_KEY=mock python app.py")
+    sys.stdout.flush()
+    serve(host=host, port=port, latency_ms=latency_ms, error_rate=error_rate)
+
+
+def main() -> None:
+    """Console script entry point (``flywheel``)."""
+    cli.main(prog_name="flywheel")

@@ -1,0 +1,17 @@
+"""An OpenAI-compatible API on loopback, for tests, benchmarks, demos and users' offline tests.
+
+Real HTTP (starlette served by uvicorn), deterministic output: the same request gets the same
+body except ids and timestamps. Chat Completions (tools, structured outputs, streaming), the
+Responses API, legacy Completions, embeddings, models, files, fine-tuning jobs and speech.
+Faults are injected per request with ``x-mock-*`` headers (see ``_faults``).
+
+    from flywheel.mock_server import MockServer
+
+    with MockServer() as server:
+        client = openai.OpenAI(api_key="sk-test", base_url=server.base_url)
+"""
+
+from ._app import create_app
+from ._server import MockServer, serve
+
+__all__ = ["MockServer", "create_app", "serve"]
