@@ -59,8 +59,9 @@ def make_exchanges(count: int) -> list[Any]:
         messages = [{"role": "system", "content": SYSTEM * 8}, {"role": "user", "content": question}]
         stream = n % 5 == 0
         request = {"model": "gpt-4o-mini", "messages": messages, "temperature": 0.3, "stream": stream}
-        answer = f"Thanks for writing about {1000 + n}. I checked the account and the charge was reversed. " * (
-            6 + n % 5
+        answer = (
+            f"Thanks for writing about {1000 + n}. I checked the account and the charge was reversed. "
+            * (6 + n % 5)
         )
         usage = {"prompt_tokens": 380 + n, "completion_tokens": 90 + n % 50, "total_tokens": 470 + n + n % 50}
         if stream:
@@ -253,8 +254,8 @@ def main() -> int:
     ]
     for store, r in results.items():
         lines.append(
-            f"| {store} | {r['records']:,} | {r['rate']:,.0f} | {r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} |"
-            f" {r['dropped']} | {r['build_rate']:,.0f} | {r['insert_rate']:,.0f} |"
+            f"| {store} | {r['records']:,} | {r['rate']:,.0f} | {r['peak_rss_mb']:.0f} |"
+            f" {r['rss_before_mb']:.0f} | {r['dropped']} | {r['build_rate']:,.0f} | {r['insert_rate']:,.0f} |"
         )
     body_bytes = next(iter(results.values()))["avg_body_bytes"]
     import sqlalchemy
@@ -266,9 +267,11 @@ def main() -> int:
         f"`insert_batch` (2,000 rows per transaction) until `flush()` returns. Chat completions with "
         f"{body_bytes / 1024:.1f} KB of request + response body on average, 1 in 5 streamed (SSE, assembled "
         f"by the writer). Peak RSS is the whole benchmark process (the records' bodies included); "
-        f"\"RSS before\" is after imports and set-up. The last two columns time each stage alone on the "
+        f'"RSS before" is after imports and set-up. The last two columns time each stage alone on the '
         f"same records. Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
-        f"{os.cpu_count()} CPUs. Target: >= {TARGET:,} records/s with bounded memory.\n\n" + "\n".join(lines) + "\n"
+        f"{os.cpu_count()} CPUs. Target: >= {TARGET:,} records/s with bounded memory.\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
     print(body)
     if args.write:

@@ -22,7 +22,7 @@ import orjson
 from sdk._config import database_url
 
 from . import __version__
-from .errors import FlywheelError, display_url
+from .errors import FlywheelError, StoreError, display_url
 from .logs import recent_calls
 from .migrate import describe_revision, migrate, pending_migrations
 from .query import TIME_FORMATS_HELP, CallFilter
@@ -209,7 +209,26 @@ def cli() -> None:
     """
 
 
-# Getting started commands come first; `quickstart` joins here, above `migrate`, when it lands.
+@cli.command("quickstart")
+@db_option
+def quickstart_command(db_url: str | None) -> None:
+    """Offline tour: start the mock server, send tagged calls through sdk.OpenAI, show what landed.
+
+    Needs no network and no API key. Sync, async and streamed calls, a tool call, a retried call
+    and a failing one are recorded into the store (default ./flywheel.db).
+    """
+    from flywheel.quickstart import NEXT_STEPS, run_quickstart
+
+    url = _db(db_url)
+    result = run_quickstart(url, echo=click.echo)
+    click.echo("")
+    click.echo(_stats_table(call_stats(url, CallFilter(), ("model",)), ("model",)))
+    new_rows = result.rows_after - result.rows_before
+    if new_rows != result.calls_sent:
+        raise StoreError(
+            f"expected {result.calls_sent} new rows in the store, found {new_rows}", display_url(url)
+        )
+    click.echo(NEXT_STEPS)
 
 
 @cli.command("migrate")
@@ -316,6 +335,10 @@ def stats_command(
     if not found:
         click.echo("No calls match.", err=True)
         return
+    click.echo(_stats_table(found, groups))
+
+
+def _stats_table(found: Sequence[dict[str, Any]], groups: Sequence[str]) -> str:
     latency = [f"latency_ms_p{round(q * 100):02d}" for q in PERCENTILES["latency_ms"]]
     headers = [g.upper() for g in groups] + ["CALLS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL", "COST"]
     headers += [f"LAT P{name[-2:]}" for name in latency] + ["TTFT P50"]
@@ -335,9 +358,10 @@ def stats_command(
             + [_ms(group[name]) for name in latency]
             + [_ms(group["ttft_ms_p50"])]
         )
-    click.echo(_table(headers, rows, right=range(len(groups), len(headers))))
+    table = _table(headers, rows, right=range(len(groups), len(headers)))
     if any(group["cost_partial"] for group in found):
-        click.echo("* cost unknown for some calls (model not in the price table): a lower bound.")
+        table += "\n* cost unknown for some calls (model not in the price table): a lower bound."
+    return table
 
 
 @cli.command("mock-server")

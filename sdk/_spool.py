@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import itertools
@@ -94,9 +95,11 @@ def _write_all(fd: int, data: bytes) -> None:
 class SpoolFile:
     """A spool file claimed (locked) for replay; ``done()`` deletes it, ``release()`` keeps it."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, claimed: set[int]) -> None:
         self.path = path
         self._fd: int | None = fd
+        self._claimed = claimed
+        claimed.add(fd)
 
     def read_rows(self) -> list[Row]:
         """The file's rows in order; damaged lines are skipped, counted and logged."""
@@ -135,6 +138,7 @@ class SpoolFile:
         """Keep the file for a later replay and unlock it."""
         fd, self._fd = self._fd, None
         if fd is not None:
+            self._claimed.discard(fd)
             os.close(fd)  # closing the only descriptor drops the flock
 
 
@@ -159,6 +163,7 @@ class Spool:
         self.max_file_bytes = max_file_bytes
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._claimed: set[int] = set()  # descriptors of files being replayed (see after_fork_in_child)
         self._file_rows = 0
         self._file_bytes = 0
 
@@ -251,7 +256,7 @@ class Spool:
             if os.fstat(fd).st_nlink == 0:  # deleted between our listing and our lock
                 os.close(fd)
                 continue
-            yield SpoolFile(path, fd)
+            yield SpoolFile(path, fd, self._claimed)
 
     def reject(self, row: Mapping[str, Any], reason: str) -> None:
         """Keep a row the store refused in ``<key>.rejected``, out of the replay path."""
@@ -267,10 +272,16 @@ class Spool:
             os.close(fd)
 
     def after_fork_in_child(self) -> None:
-        """Forget the parent's open file without unlocking it: the parent keeps writing it."""
+        """Let go of the parent's files without unlocking them: the parent still writes or replays them.
+
+        close() only drops this process's descriptor and the flock lives on in the parent's copy
+        (flock(LOCK_UN) here would unlock the parent's file too). Without it, the lock would also
+        outlive the parent's own close for as long as this child runs.
+        """
         self._lock = threading.Lock()
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            # close() only drops this descriptor; the lock lives on in the parent's copy.
-            # (flock(LOCK_UN) here would unlock the parent's file too.)
-            os.close(fd)
+        inherited = [fd for fd in (self._fd, *self._claimed) if fd is not None]
+        self._fd = None
+        self._claimed = set()
+        for fd in inherited:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -123,12 +123,21 @@ def _records() -> ModuleType:
 
 
 class _FlushMarker:
-    """Queued by ``flush``: set once everything queued before it is in the store or the spool."""
+    """Queued by ``flush``: set once the writer has dealt with everything queued before it."""
 
-    __slots__ = ("done",)
+    __slots__ = ("done", "durable")
 
     def __init__(self) -> None:
         self.done = threading.Event()
+        self.durable = True
+        """False if some rows are only held in memory (neither the store nor the spool took them)."""
+
+    def resolve(self, durable: bool) -> None:
+        self.durable = durable
+        self.done.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self.done.wait(timeout) and self.durable
 
 
 class _Batch:
@@ -196,6 +205,7 @@ class Recorder:
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._generation = object()  # a writer thread runs only while this is the one it started with
         self._stop = False
         self._closed = False
         self._inflight: _Batch | None = None
@@ -246,7 +256,9 @@ class Recorder:
         with self._start_lock:
             if self._thread is not None:
                 return
-            thread = threading.Thread(target=self._run, name="flywheel-writer", daemon=True)
+            thread = threading.Thread(
+                target=self._run, args=(self._generation,), name="flywheel-writer", daemon=True
+            )
             try:
                 thread.start()
             except RuntimeError as exc:  # "can't start new thread" (e.g. at interpreter shutdown)
@@ -264,9 +276,13 @@ class Recorder:
         return max(0, self._bytes_in - self._bytes_out)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until everything submitted so far is in the store or the spool; False on timeout."""
+        """Block until everything submitted so far is in the store or the spool.
+
+        False on timeout, or when neither the store nor the spool could take some rows (they are
+        held in memory, bounded, and retried).
+        """
         marker = self._request_flush()
-        return True if marker is None else marker.done.wait(timeout)
+        return True if marker is None else marker.wait(timeout)
 
     def _request_flush(self) -> _FlushMarker | None:
         """Queue a marker the writer sets when it gets there; None when there is nothing to wait for."""
@@ -315,17 +331,19 @@ class Recorder:
             else:
                 exchanges.extend(batch.exchanges)
         self._drain_into(exchanges, markers, limit=None)
+        durable = False
         try:
             rows.extend(self._build(exchanges))
             if rows:
                 Spool(self.spool.directory, self.database_url, max_file_rows=self.batch_rows).append(rows)
                 _health.count("rows_spooled", len(rows))
+            durable = True
         except Exception as exc:
             _health.count("dropped_at_exit", len(rows))
             _health.report_error("writer.exit", exc)
         finally:
             for marker in markers:
-                marker.done.set()
+                marker.resolve(durable)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -355,7 +373,10 @@ class Recorder:
     def _after_fork_in_child(self) -> None:
         engine = self._engine
         if engine is not None:
-            # The parent's pooled connections: forget them in this process, never close them.
+            # The parent's pooled connections: never close them here (a PostgreSQL connection
+            # would be terminated for the parent too; closing an inherited SQLite descriptor drops
+            # this process's locks on the file). Keep them referenced, unused, for good.
+            _inherited_pools.append(engine.pool)
             try:
                 engine.dispose(close=False)
             except Exception as exc:
@@ -366,11 +387,11 @@ class Recorder:
 
     # -- the writer thread --------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stop and not self._closed:
+    def _run(self, generation: object) -> None:
+        while self._generation is generation and not self._stop and not self._closed:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
-            if self._stop:
+            if self._stop or self._generation is not generation:
                 break
             try:
                 self._cycle()
@@ -409,8 +430,9 @@ class Recorder:
             try:
                 self._process(batch)
             finally:
+                durable = not self._held
                 for marker in batch.markers:
-                    marker.done.set()
+                    marker.resolve(durable)
         if self._held or self._spool_dirty or time.monotonic() >= self._next_spool_scan:
             with self._lock:
                 held, self._held = self._held, []
@@ -644,6 +666,7 @@ class Recorder:
 _recorders: dict[str, Recorder] = {}
 _recorders_lock = threading.Lock()
 _all_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+_inherited_pools: list[Any] = []
 
 
 def get_recorder(database_url: str | None = None) -> Recorder:
@@ -664,7 +687,7 @@ def flush(timeout: float | None = None) -> bool:
     markers = [m for m in (r._request_flush() for r in list(_all_recorders)) if m is not None]
     for marker in markers:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not marker.done.wait(remaining):
+        if not marker.wait(remaining):
             return False
     return True
 
@@ -697,7 +720,7 @@ def _flush_at_exit() -> None:
         for recorder, marker in pending:
             if marker is None:
                 continue
-            if not marker.done.wait(max(0.0, deadline - time.monotonic())):
+            if not marker.wait(max(0.0, deadline - time.monotonic())):
                 recorder.spool_now()
     except Exception as exc:
         _health.report_error("writer.exit", exc)

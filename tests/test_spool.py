@@ -136,7 +136,9 @@ def test_a_forked_child_does_not_unlock_the_parents_file(tmp_path: Path) -> None
     assert [r["tags"]["n"] for r in replay_all(Spool(tmp_path, URL))] == ["1", "3"]
 
 
-def test_truncated_last_line_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_truncated_last_line_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     spool = Spool(tmp_path, URL)
     spool.append([make_row(1), make_row(2)])
     spool.rotate()

@@ -260,7 +260,7 @@ def test_redact_hooks_client_first_then_global(store: str, recorders: Callable[.
     recorder.submit(chat_exchange(1))
     recorder.submit(chat_exchange(2, options=RecordOptions(redact=mark_client)))
     assert recorder.flush(timeout=30)
-    rows, tags = stored(store)
+    _, tags = stored(store)
     assert sorted((t["n"], t.get("redacted_by")) for t in tags.values()) == [("0", None), ("2", "client")]
 
 
@@ -344,7 +344,9 @@ def missing_pg_database(pg_database_url: str) -> Iterator[str]:
 
 def create_pg_database(url: str) -> None:
     parsed = sa.make_url(url)
-    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    admin = sa.create_engine(
+        parsed.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+    )
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{parsed.database}"'))
     admin.dispose()
@@ -394,6 +396,24 @@ def test_sqlite_outage_spools_then_replays(recorders: Callable[..., Recorder], t
     assert recorder.spool.pending_files() == []
 
 
+def test_rows_wait_in_memory_when_neither_store_nor_spool_takes_them(
+    recorders: Callable[..., Recorder], tmp_path: Path
+) -> None:
+    (tmp_path / "data").write_text("not a directory")
+    (tmp_path / "cache").write_text("not a directory either")
+    url = f"sqlite:///{tmp_path / 'data' / 'store.db'}"
+    recorder = recorders(url, spool_dir=tmp_path / "cache" / "spool", retry_initial=0.05, retry_max=0.2)
+    for n in range(5):
+        recorder.submit(chat_exchange(n))
+    assert not recorder.flush(timeout=30)  # not durable anywhere: flush says so
+    assert _health.snapshot()["spool_failures"] >= 1
+    (tmp_path / "data").unlink()
+    (tmp_path / "data").mkdir()
+    wait_for(lambda: count_rows(url) == 5)
+    assert recorder.flush(timeout=30)
+    assert stored_numbers(url) == list(range(5))
+
+
 def test_spool_files_are_private_and_hold_no_credentials(
     recorders: Callable[..., Recorder], tmp_path: Path
 ) -> None:
@@ -402,7 +422,9 @@ def test_spool_files_are_private_and_hold_no_credentials(
     recorder = recorders(url)
     for n in range(5):
         # Azure-style key in the query string; the client sent `Authorization: Bearer sk-...`.
-        recorder.submit(chat_exchange(n, url=f"https://example.openai.azure.com/v1/chat/completions?api-key={API_KEY}"))
+        recorder.submit(
+            chat_exchange(n, url=f"https://example.openai.azure.com/v1/chat/completions?api-key={API_KEY}")
+        )
     assert recorder.flush(timeout=30)
     spool_dir = tmp_path / "spool"
     assert stat.S_IMODE(spool_dir.stat().st_mode) == 0o700
@@ -470,7 +492,9 @@ def test_records_submitted_right_before_exit_are_kept(db_url: str) -> None:
 
 
 @pytest.mark.slow
-def test_exit_with_a_stuck_writer_spools_everything(tmp_path: Path, recorders: Callable[..., Recorder]) -> None:
+def test_exit_with_a_stuck_writer_spools_everything(
+    tmp_path: Path, recorders: Callable[..., Recorder]
+) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     upgrade(url)
     locker = sa.create_engine(url, poolclass=sa.NullPool, connect_args={"isolation_level": None})
