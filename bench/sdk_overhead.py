@@ -63,13 +63,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def measure(calls: int, plain: Any, recording: Any, make_call: Callable[[Any], None]) -> dict[str, list[float]]:
+def measure(
+    calls: int, plain: Any, recording: Any, make_call: Callable[[Any], None]
+) -> dict[str, list[float]]:
     timings: dict[str, list[float]] = {"plain": [], "sdk": []}
     for _ in range(min(200, calls)):  # warm-up: connections, caches, the writer's first batch
         make_call(plain)
         make_call(recording)
     for i in range(calls):
-        order = (("plain", plain), ("sdk", recording)) if i % 2 == 0 else (("sdk", recording), ("plain", plain))
+        order = (
+            (("plain", plain), ("sdk", recording)) if i % 2 == 0 else (("sdk", recording), ("plain", plain))
+        )
         for name, client in order:
             start = time.perf_counter()
             make_call(client)
@@ -78,7 +82,9 @@ def measure(calls: int, plain: Any, recording: Any, make_call: Callable[[Any], N
 
 
 def non_streaming(client: Any) -> None:
-    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-mock-words": "40"})
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-mock-words": "40"}
+    )
 
 
 def streaming(client: Any) -> None:
@@ -94,7 +100,9 @@ def streaming(client: Any) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=3000, help="measured calls per client and mode")
     parser.add_argument("--database-url", help="store for the SDK (default: a temporary SQLite file)")
     parser.add_argument("--write", action="store_true", help=f"update the '{SECTION}' section of {DOC.name}")
@@ -130,7 +138,8 @@ def main() -> None:
         )
     table = "\n".join(
         [
-            "| mode | plain median ms | sdk median ms | median ratio | plain p99 ms | sdk p99 ms | p99 ratio |",
+            "| mode | plain median ms | sdk median ms | median ratio"
+            " | plain p99 ms | sdk p99 ms | p99 ratio |",
             "|---|---|---|---|---|---|---|",
             *rows,
         ]
@@ -138,10 +147,11 @@ def main() -> None:
     store_kind = "PostgreSQL" if store.startswith("postgresql") else "SQLite"
     body = (
         f"{SECTION}\n\n"
-        f"`python bench/sdk_overhead.py --calls {args.calls}`: {args.calls} measured calls per client and mode,"
-        f" interleaved, after 200 warm-up calls each; chat completions of ~40 words against `flywheel mock-server`"
-        f" in its own process; the SDK writes to {store_kind}. openai {openai.__version__},"
-        f" Python {platform.python_version()}, {os.cpu_count()} CPUs. Target: median ratio <= 1.02, p99 <= 1.05.\n\n"
+        f"`python bench/sdk_overhead.py --calls {args.calls}`: {args.calls} measured calls per client"
+        " and mode, interleaved, after 200 warm-up calls each; chat completions of ~40 words against"
+        f" `flywheel mock-server` in its own process; the SDK writes to {store_kind}."
+        f" openai {openai.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs."
+        " Target: median ratio <= 1.02, p99 <= 1.05.\n\n"
         f"{table}\n\nWriter counters after the run: `{recorded}`\n"
     )
     print(body)

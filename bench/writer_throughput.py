@@ -67,7 +67,7 @@ def make_exchanges(count: int) -> list[Any]:
         if stream:
             pieces = answer.split(" ")
             words = [" ".join(pieces[i : i + 8]) + " " for i in range(0, len(pieces), 8)]
-            events = [
+            events: list[dict[str, Any]] = [
                 {
                     "id": f"chatcmpl-{n}",
                     "object": "chat.completion.chunk",
@@ -104,6 +104,7 @@ def make_exchanges(count: int) -> list[Any]:
                 response_content_type=content_type,
                 request_id=f"req_{n}",
                 response_chunks=chunks,
+                response_size=sum(map(len, chunks)),
                 latency_ms=640.0,
                 ttft_ms=80.0 if stream else None,
             )
@@ -112,7 +113,7 @@ def make_exchanges(count: int) -> list[Any]:
 
 
 def clone(ex: Any, n: int) -> Any:
-    """A new exchange sharing ``ex``'s body bytes (the bodies are what an app would hold anyway)."""
+    """A new exchange with its own copy of ``ex``'s body bytes, as each call of an app has."""
     from sdk._exchange import Exchange
 
     return Exchange(
@@ -120,12 +121,13 @@ def clone(ex: Any, n: int) -> Any:
         method=ex.method,
         url=ex.url,
         request_content_type=ex.request_content_type,
-        request_body=ex.request_body,
+        request_body=bytes(bytearray(ex.request_body)),
         tags={**ex.tags, "n": str(n)},
         status_code=ex.status_code,
         response_content_type=ex.response_content_type,
         request_id=ex.request_id,
-        response_chunks=ex.response_chunks,
+        response_chunks=[bytes(bytearray(chunk)) for chunk in ex.response_chunks],
+        response_size=ex.response_size,
         latency_ms=ex.latency_ms,
         ttft_ms=ex.ttft_ms,
     )
@@ -161,6 +163,7 @@ def run_store(url: str, records: int, spool_dir: Path) -> dict[str, Any]:
         recorder.submit(clone(templates[n % VARIANTS], n))
     assert recorder.flush(timeout=600)
     elapsed = time.perf_counter() - started
+    peak_rss = peak_rss_mb()
     counters = _health.snapshot()
     recorder.shutdown(timeout=60)
 
@@ -182,7 +185,7 @@ def run_store(url: str, records: int, spool_dir: Path) -> dict[str, Any]:
         "records": records,
         "seconds": elapsed,
         "rate": records / elapsed,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss,
         "rss_before_mb": rss_before,
         "avg_body_bytes": body_bytes,
         "stored": stored - len(rows) - 1,
@@ -262,16 +265,17 @@ def main() -> int:
 
     body = (
         f"{SECTION}\n\n"
-        f"`python bench/writer_throughput.py --records {args.records}`: records submitted as fast as the "
-        f"queue takes them (pausing at 3/4 of `FLYWHEEL_MAX_QUEUE_RECORDS`), through `build_record` and "
-        f"`insert_batch` (2,000 rows per transaction) until `flush()` returns. Chat completions with "
-        f"{body_bytes / 1024:.1f} KB of request + response body on average, 1 in 5 streamed (SSE, assembled "
-        f"by the writer). Peak RSS is the whole benchmark process (the records' bodies included); "
-        f'"RSS before" is after imports and set-up. The last two columns time each stage alone on the '
-        f"same records. Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
-        f"{os.cpu_count()} CPUs. Target: >= {TARGET:,} records/s with bounded memory.\n\n"
-        + "\n".join(lines)
-        + "\n"
+        f"`python bench/writer_throughput.py --records {args.records}`: chat completions with "
+        f"{body_bytes / 1024:.1f} KB of request + response body on average (2-3.6 KB), 1 in 5 streamed "
+        "(SSE, assembled by the writer), submitted as fast as the queue takes them (the producer pauses at "
+        "3/4 of `FLYWHEEL_MAX_QUEUE_RECORDS`, default 10,000) and written through `build_record` and "
+        "`insert_batch` (2,000 rows per transaction) until `flush()` returns. Peak RSS is the benchmark "
+        'process at the end of the run; "RSS before" is after imports and set-up, so the difference is '
+        "what the queue, the batches in flight and the drivers hold. The last two columns time each "
+        "stage alone, on one thread, on the same records: the writer's rate is close to running them "
+        f"one after the other. Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
+        f"{os.cpu_count()} CPUs shared with the database server. Target: >= {TARGET:,} records/s with "
+        "bounded memory.\n\n" + "\n".join(lines) + "\n"
     )
     print(body)
     if args.write:

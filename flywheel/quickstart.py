@@ -79,12 +79,16 @@ def _send_batch(base_url: str, url: str) -> tuple[int, int]:
     import sdk
 
     sent = errors = 0
-    client = sdk.OpenAI(api_key="sk-quickstart", base_url=base_url, database_url=url, tags={"app": "support-bot"})
+    client = sdk.OpenAI(
+        api_key="sk-quickstart", base_url=base_url, database_url=url, tags={"app": "support-bot"}
+    )
     with sdk.tags(feature="triage"):
         for i, (category, text) in enumerate(TICKETS * 2):
             prompt_id = "classify-v2" if i % 3 else "classify-v1"
             client.chat.completions.create(
-                model="gpt-4o-mini", messages=_messages(text), tags={"prompt_id": prompt_id, "expected": category}
+                model="gpt-4o-mini",
+                messages=_messages(text),
+                tags={"prompt_id": prompt_id, "expected": category},
             )
             sent += 1
         stream = client.chat.completions.create(
@@ -99,10 +103,15 @@ def _send_batch(base_url: str, url: str) -> tuple[int, int]:
         sent += 1
     with sdk.tags(feature="billing-agent"):
         client.chat.completions.create(
-            model="gpt-4o", messages=_messages(TICKETS[0][1]), tools=[LOOKUP_TOOL], tags={"prompt_id": "agent-v1"}
+            model="gpt-4o",
+            messages=_messages(TICKETS[0][1]),
+            tools=[LOOKUP_TOOL],
+            tags={"prompt_id": "agent-v1"},
         )
         sent += 1
-        client.responses.create(model="gpt-4.1-mini", input="Summarize: " + TICKETS[1][1], tags={"prompt_id": "sum-v1"})
+        client.responses.create(
+            model="gpt-4.1-mini", input="Summarize: " + TICKETS[1][1], tags={"prompt_id": "sum-v1"}
+        )
         sent += 1
     # One call that succeeds on its third attempt (two rows for the failed attempts), and one that fails.
     client.chat.completions.create(

@@ -6,7 +6,6 @@
 Recording never changes what the app sees and never raises into it; see docs/sdk.md.
 """
 
-
 from ._clients import AsyncAzureOpenAI, AsyncOpenAI, AzureOpenAI, OpenAI, wrap
 from ._tags import tags
 from ._writer import flush, set_global_redact, stats

@@ -295,7 +295,9 @@ def wrap(
     """
     if not getattr(type(client), "_flywheel_recording", False):
         if not isinstance(client, openai.OpenAI | openai.AsyncOpenAI):
-            raise TypeError(f"sdk.wrap() expects an openai.OpenAI or openai.AsyncOpenAI client, got {type(client)}")
+            raise TypeError(
+                f"sdk.wrap() expects an openai.OpenAI or openai.AsyncOpenAI client, got {type(client)}"
+            )
         client.__class__ = _recording_class(type(client))
         for value in list(vars(client).values()):
             _make_tagging(value)

@@ -5,10 +5,10 @@
 | ``FLYWHEEL_DATABASE_URL`` | ``sqlite:///flywheel.db`` | SQLAlchemy URL of the store (SDK and CLI). |
 | ``FLYWHEEL_DISABLED`` | unset | ``1``/``true``: clients record nothing and add no overhead. |
 | ``FLYWHEEL_SPOOL_DIR`` | ``~/.cache/flywheel/spool`` | Where records wait while the store is unreachable. |
-| ``FLYWHEEL_MAX_QUEUE_RECORDS`` | ``10000`` | Records held in memory before new ones are dropped (and counted). |
-| ``FLYWHEEL_MAX_QUEUE_BYTES`` | ``67108864`` (64 MiB) | Body bytes held in memory before new records are dropped. |
+| ``FLYWHEEL_MAX_QUEUE_RECORDS`` | ``10000`` | Records held in memory before new ones are dropped. |
+| ``FLYWHEEL_MAX_QUEUE_BYTES`` | ``67108864`` | Body bytes held in memory before records are dropped. |
 | ``FLYWHEEL_FLUSH_INTERVAL`` | ``0.5`` | Seconds between the background writer's batches. |
-| ``FLYWHEEL_PRICES`` | unset | Extra price table file(s) (TOML), ``os.pathsep``-separated, merged over the built-in one. |
+| ``FLYWHEEL_PRICES`` | unset | Extra price tables (TOML), ``os.pathsep``-separated, over the built-in one. |
 | ``FLYWHEEL_EXIT_TIMEOUT`` | ``5`` | Seconds to wait at exit for queued records; the rest is spooled. |
 """
 

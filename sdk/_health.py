@@ -7,7 +7,9 @@ Invariant: nothing in here raises. Recording failures never reach the app; they 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -71,10 +73,17 @@ def warn_once(key: str, message: str, *args: object) -> None:
         if key in _warned:
             return
         _warned.add(key)
-    try:
+    with contextlib.suppress(Exception):
         logger.warning(message, *args)
-    except Exception:
-        pass
+
+
+def _after_fork_in_child() -> None:
+    # The lock may have been held by another thread at fork time; that thread does not exist here.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _reset_for_tests() -> None:

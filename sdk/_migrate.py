@@ -17,6 +17,7 @@ and only needs Alembic when it actually checks or upgrades a schema.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 SchemaStatus = Literal["missing", "outdated", "current", "ahead"]
+
+# Alembic's ``context``/``op`` proxies are module globals: one migration command per process at a time.
+_command_lock = threading.RLock()
 
 # How long a second migrating process waits for the first one's SQLite write lock.
 SQLITE_MIGRATION_TIMEOUT_S = 60.0
@@ -93,14 +97,16 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the store at ``url`` up to ``revision`` (creating the SQLite file if needed)."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
+    with _command_lock:
+        command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str) -> None:
     """Migrate the store at ``url`` down to ``revision`` (``"base"`` drops everything)."""
     from alembic import command
 
-    command.downgrade(alembic_config(url), revision)
+    with _command_lock:
+        command.downgrade(alembic_config(url), revision)
 
 
 def current_revision(url: str | Engine | Connection) -> str | None:

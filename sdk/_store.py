@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.sql.dml import Insert
 
 from sdk import _health
-from sdk.schema import call_tags, calls
+from sdk.schema import RawJSON, call_tags, calls
 
 __all__ = [
     "create_store_engine",
@@ -185,11 +187,96 @@ _CALL_COLUMNS: tuple[tuple[str, Any], ...] = tuple(
     (column.name, column.default.arg if column.default is not None and column.default.is_scalar else None)
     for column in calls.columns
 )
-_KNOWN_KEYS = frozenset(name for name, _ in _CALL_COLUMNS) | {"tags"}
+_CALL_NAMES = [name for name, _ in _CALL_COLUMNS]
+_JSON_INDEXES = [index for index, column in enumerate(calls.columns) if isinstance(column.type, RawJSON)]
+_KNOWN_KEYS = frozenset(_CALL_NAMES) | {"tags"}
+
+TagRow = tuple[str, str, str]
+
+
+def insert_batch(engine: Engine, records: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``records`` into ``calls`` and their ``"tags"`` into ``call_tags``, in one transaction.
+
+    Each record is keyed by ``calls`` column name, plus an optional ``"tags"`` mapping of str to
+    str. ``request``/``response`` are JSON text; ``created_at`` a UTC datetime (aware, or naive
+    meaning UTC). Missing columns get their default (NULL mostly); other keys are ignored with a
+    warning. Calls whose id is already stored are skipped with their tags, so a batch can be
+    replayed (a repeated id within the batch keeps its first record).
+
+    How, per database (figures in docs/schema.md):
+    - PostgreSQL through psycopg: the ids already stored are looked up, the new rows are streamed
+      with ``COPY``. Cheapest by far for the app's process and the server.
+    - SQLite: ``INSERT ... ON CONFLICT DO NOTHING`` through the driver's executemany, the values
+      converted by the column types' own SQLAlchemy bind processors (same stored format as ORM
+      writes, without SQLAlchemy's per-row parameter handling).
+    - Elsewhere: SQLAlchemy's executemany of ``INSERT ... ON CONFLICT DO NOTHING``.
+    """
+    if not records:
+        return
+    unknown = set().union(*(record.keys() for record in records)) - _KNOWN_KEYS
+    if unknown:
+        _health.warn_once(
+            "store-unknown-keys",
+            "flywheel: records carry keys that are not columns of `calls` and are not stored: %s",
+            sorted(unknown),
+        )
+    dialect = engine.dialect
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        _insert_by_copy(engine, records)
+        return
+    tag_rows = [
+        (record["id"], key, value)
+        for record in records
+        if record.get("tags")
+        for key, value in record["tags"].items()
+    ]
+    with engine.begin() as conn:
+        if dialect.name == "sqlite":
+            _insert_sqlite(conn, records, tag_rows)
+        else:
+            _insert_generic(conn, records, tag_rows)
+
+
+_SQLITE_INSERT_CALLS = (
+    f"INSERT INTO calls ({', '.join(_CALL_NAMES)}) VALUES ({', '.join('?' * len(_CALL_NAMES))}) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+_SQLITE_INSERT_TAGS = (
+    "INSERT INTO call_tags (call_id, key, value) VALUES (?, ?, ?) ON CONFLICT (call_id, key) DO NOTHING"
+)
+
+
+def _insert_sqlite(conn: Connection, records: Sequence[Mapping[str, Any]], tag_rows: list[TagRow]) -> None:
+    processors = _bind_processors(conn.dialect)
+    rows = []
+    for record in records:
+        row = [record.get(name, default) for name, default in _CALL_COLUMNS]
+        for index, process in processors:
+            row[index] = process(row[index])
+        rows.append(tuple(row))
+    # exec_driver_sql: the driver's executemany as is, with SQLAlchemy's error wrapping kept.
+    conn.exec_driver_sql(_SQLITE_INSERT_CALLS, rows)
+    if tag_rows:
+        conn.exec_driver_sql(_SQLITE_INSERT_TAGS, tag_rows)
+
+
+def _bind_processors(dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
+    """(column index, converter) for the ``calls`` columns whose type converts values on this dialect."""
+    cached: list[tuple[int, Callable[[Any], Any]]] | None = getattr(
+        dialect, "_flywheel_call_processors", None
+    )
+    if cached is None:
+        cached = []
+        for index, column in enumerate(calls.columns):
+            process = column.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                cached.append((index, process))
+        dialect._flywheel_call_processors = cached  # type: ignore[attr-defined]
+    return cached
 
 
 @functools.cache
-def _inserts(dialect_name: str) -> tuple[Insert, Insert]:
+def _upserts(dialect_name: str) -> tuple[Insert, Insert]:
     if dialect_name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif dialect_name == "sqlite":
@@ -202,31 +289,111 @@ def _inserts(dialect_name: str) -> tuple[Insert, Insert]:
     )
 
 
-def insert_batch(engine: Engine, records: Sequence[Mapping[str, Any]]) -> None:
-    """Insert ``records`` into ``calls`` and their ``"tags"`` dicts into ``call_tags``, in one transaction.
+def _insert_generic(conn: Connection, records: Sequence[Mapping[str, Any]], tag_rows: list[TagRow]) -> None:
+    insert_calls, insert_tags = _upserts(conn.dialect.name)
+    if conn.dialect.name == "postgresql":
+        call_rows = [dict(zip(_CALL_NAMES, _pg_row(record), strict=True)) for record in records]
+    else:
+        call_rows = [
+            {name: record.get(name, default) for name, default in _CALL_COLUMNS} for record in records
+        ]
+    conn.execute(insert_calls, call_rows)
+    if tag_rows:
+        conn.execute(
+            insert_tags,
+            [{"call_id": call_id, "key": key, "value": value} for call_id, key, value in tag_rows],
+        )
 
-    Each record is keyed by ``calls`` column name (``request``/``response`` as JSON text), plus an
-    optional ``"tags"`` mapping of str to str. Missing columns get their default (NULL mostly).
-    Rows whose id (or call id and key) is already stored are skipped, so a batch can be replayed.
+
+_JSON_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _pg_row(record: Mapping[str, Any]) -> list[Any]:
+    """The ``calls`` values of ``record`` in column order, its JSON made acceptable to ``jsonb``.
+
+    ``jsonb`` rejects the escape ``\\u0000``, which a model's output can contain; one such body
+    would make every replay of its batch fail, so the escape becomes U+FFFD instead.
     """
-    if not records:
-        return
-    call_rows: list[dict[str, Any]] = []
-    tag_rows: list[dict[str, Any]] = []
+    row = [record.get(name, default) for name, default in _CALL_COLUMNS]
+    for index in _JSON_INDEXES:
+        value = row[index]
+        if isinstance(value, str) and "\\u0000" in value:
+            row[index] = _JSON_NUL_ESCAPE.sub(r"\1\\ufffd", value)
+    return row
+
+
+_PG_EXISTING_IDS = "SELECT id FROM calls WHERE id = ANY(%s)"
+_PG_COPY_CALLS = f"COPY calls ({', '.join(_CALL_NAMES)}) FROM STDIN"
+_PG_COPY_TAGS = "COPY call_tags (call_id, key, value) FROM STDIN"
+_PG_UNIQUE_VIOLATION = "23505"
+_PG_COPY_ATTEMPTS = 3
+
+
+def _insert_by_copy(engine: Engine, records: Sequence[Mapping[str, Any]]) -> None:
+    """COPY the records whose ids are not stored yet; ``COPY`` has no ON CONFLICT, hence the lookup.
+
+    Another process may store one of the same ids between the lookup and the COPY (two replays
+    of one spool): the COPY then fails on the primary key after that process commits, and the
+    next attempt's lookup sees its rows.
+    """
+    for attempt in range(_PG_COPY_ATTEMPTS):
+        try:
+            with engine.begin() as conn:
+                _copy_new_rows(conn, records)
+            return
+        except Exception as exc:
+            sqlstate = getattr(getattr(exc, "orig", exc), "sqlstate", None)
+            if sqlstate != _PG_UNIQUE_VIOLATION or attempt == _PG_COPY_ATTEMPTS - 1:
+                raise
+
+
+def _copy_new_rows(conn: Connection, records: Sequence[Mapping[str, Any]]) -> None:
+    # COPY parses timestamps as text: a naive created_at must mean UTC, whatever the server's zone.
+    conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+    stored = conn.exec_driver_sql(_PG_EXISTING_IDS, ([record["id"] for record in records],))
+    seen = set(stored.scalars())
+    new = []
     for record in records:
-        call_rows.append({name: record.get(name, default) for name, default in _CALL_COLUMNS})
-        tags = record.get("tags")
-        if tags:
-            call_id = record["id"]
-            tag_rows.extend({"call_id": call_id, "key": key, "value": value} for key, value in tags.items())
-        if record.keys() - _KNOWN_KEYS:
-            _health.warn_once(
-                "store-unknown-keys",
-                "flywheel: records carry keys that are not columns of `calls` and are not stored: %s",
-                sorted(record.keys() - _KNOWN_KEYS),
-            )
-    insert_calls, insert_tags = _inserts(engine.dialect.name)
-    with engine.begin() as conn:
-        conn.execute(insert_calls, call_rows)
-        if tag_rows:
-            conn.execute(insert_tags, tag_rows)
+        if record["id"] not in seen:
+            seen.add(record["id"])
+            new.append(record)
+    if not new:
+        return
+    with _driver_cursor(conn, _PG_COPY_CALLS) as cursor, cursor.copy(_PG_COPY_CALLS) as copy:
+        for record in new:
+            copy.write_row(_pg_row(record))
+    if any(record.get("tags") for record in new):
+        with _driver_cursor(conn, _PG_COPY_TAGS) as cursor, cursor.copy(_PG_COPY_TAGS) as copy:
+            for record in new:
+                for key, value in (record.get("tags") or {}).items():
+                    copy.write_row((record["id"], key, value))
+
+
+@contextmanager
+def _driver_cursor(conn: Connection, statement: str) -> Iterator[Any]:
+    """A DBAPI cursor (for what SQLAlchemy has no API for, like COPY) with SQLAlchemy's error handling.
+
+    Driver errors come out as ``sqlalchemy.exc.DBAPIError`` subclasses, as from ``conn.execute``,
+    and a connection found dead is invalidated so the pool does not hand it out again.
+    """
+    dialect = conn.dialect
+    dbapi_connection = conn.connection.dbapi_connection
+    cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield cursor
+    except dialect.loaded_dbapi.Error as exc:
+        disconnected = dialect.is_disconnect(exc, dbapi_connection, cursor)
+        if disconnected:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(
+            statement,
+            None,
+            exc,
+            dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=disconnected,
+            dialect=dialect,
+        ) from exc
+    finally:
+        if not conn.invalidated:
+            cursor.close()

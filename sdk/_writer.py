@@ -104,9 +104,14 @@ def _describe(exc: BaseException) -> str:
 
 
 def _body_size(ex: Exchange) -> int:
-    chunks = ex.response_chunks
+    """Body bytes ``ex`` holds in memory (what ``max_queue_bytes`` limits)."""
     body = ex.request_body
-    return (len(body) if body else 0) + (sum(map(len, chunks)) if chunks else 0)
+    size = len(body) if body else 0
+    chunks = ex.response_chunks
+    if chunks:
+        # The transport sets response_size to the chunks' total (O(1) here); others may not.
+        size += ex.response_size or sum(map(len, chunks))
+    return size
 
 
 _records_module: ModuleType | None = None
@@ -133,8 +138,9 @@ class _FlushMarker:
         """False if some rows are only held in memory (neither the store nor the spool took them)."""
 
     def resolve(self, durable: bool) -> None:
-        self.durable = durable
-        self.done.set()
+        if not self.done.is_set():  # the first answer counts (spool_now may have given it)
+            self.durable = durable
+            self.done.set()
 
     def wait(self, timeout: float | None) -> bool:
         return self.done.wait(timeout) and self.durable
@@ -286,6 +292,10 @@ class Recorder:
 
     def _request_flush(self) -> _FlushMarker | None:
         """Queue a marker the writer sets when it gets there; None when there is nothing to wait for."""
+        if threading.current_thread() is self._thread:  # flush() from a redact hook: cannot wait on itself
+            marker = _FlushMarker()
+            marker.resolve(False)
+            return marker
         with self._lock:
             idle = not self._queue and self._inflight is None and not self._held
             closed = self._closed
@@ -337,6 +347,14 @@ class Recorder:
             if rows:
                 Spool(self.spool.directory, self.database_url, max_file_rows=self.batch_rows).append(rows)
                 _health.count("rows_spooled", len(rows))
+                _health.log_problem(
+                    f"spooled-at-exit:{self.spool.key}",
+                    "flywheel: %d records did not reach the store at %s in time; they wait in the spool "
+                    "in %s and are written by the next process that records to it",
+                    len(rows),
+                    self.display_url,
+                    self.spool.directory,
+                )
             durable = True
         except Exception as exc:
             _health.count("dropped_at_exit", len(rows))
@@ -548,8 +566,9 @@ class Recorder:
                 if time.monotonic() > deadline:
                     return False  # more next time; new rows wait behind the backlog, in the spool
         except OSError as exc:
+            # An unreadable spool must not keep new rows from a working store: go on without it
+            # (it is looked at again at the next scan).
             _health.report_error("spool.replay", exc)
-            return False
         finally:
             files.close()
         self._spool_dirty = False

@@ -118,15 +118,23 @@ calls = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, comment="When the request was sent (UTC)."),
     Column("method", String(10), nullable=False, comment="HTTP method."),
     Column("base_url", String(512), nullable=True, comment="Scheme and host of the upstream API."),
-    Column("endpoint", String(256), nullable=False, comment="Path below the API root, e.g. /chat/completions."),
+    Column(
+        "endpoint", String(256), nullable=False, comment="Path below the API root, e.g. /chat/completions."
+    ),
     Column("model", String(256), nullable=True, comment="Model asked for in the request (or answered)."),
-    Column("request", RawJSON(), nullable=True, comment="JSON body as sent; metadata only for binary bodies."),
+    Column(
+        "request", RawJSON(), nullable=True, comment="JSON body as sent; metadata only for binary bodies."
+    ),
     Column("response", RawJSON(), nullable=True, comment="JSON body, or the assembled stream."),
     Column("status_code", Integer, nullable=True, comment="HTTP status; NULL when no response arrived."),
     Column("error", Text, nullable=True, comment="Error message (API error or client-side failure)."),
     Column("stream", Boolean, nullable=False, default=False, comment="The response was streamed."),
-    Column("complete", Boolean, nullable=False, default=True, comment="False if the body was not fully read."),
-    Column("attempt", Integer, nullable=False, default=0, comment="0 for the first try, n for the n-th retry."),
+    Column(
+        "complete", Boolean, nullable=False, default=True, comment="False if the body was not fully read."
+    ),
+    Column(
+        "attempt", Integer, nullable=False, default=0, comment="0 for the first try, n for the n-th retry."
+    ),
     Column("idempotency_key", String(128), nullable=True, comment="Shared by all attempts of one call."),
     Column("latency_ms", Float, nullable=True, comment="Request sent to last byte received."),
     Column("ttft_ms", Float, nullable=True, comment="Request sent to first streamed token."),
@@ -180,7 +188,8 @@ WHERE c.endpoint = '/chat/completions'
         "calls_tagged": """
 CREATE VIEW calls_tagged AS
 SELECT c.*,
-       (SELECT jsonb_object_agg(t.key, t.value) FROM call_tags t WHERE t.call_id = c.id) AS tags
+       COALESCE((SELECT jsonb_object_agg(t.key, t.value) FROM call_tags t WHERE t.call_id = c.id),
+                '{}'::jsonb) AS tags
 FROM calls c
 """,
         "chat_calls": """

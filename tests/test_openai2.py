@@ -37,7 +37,9 @@ def _ensure_venv() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("FLYWHEEL_NESTED_OPENAI2") == "1", reason="already inside the openai 2.x run")
+@pytest.mark.skipif(
+    os.environ.get("FLYWHEEL_NESTED_OPENAI2") == "1", reason="already inside the openai 2.x run"
+)
 @pytest.mark.timeout(900)
 def test_sdk_suite_passes_on_openai_2x() -> None:
     try:

@@ -33,7 +33,9 @@ def store(db_url: str) -> str:
 
 
 def test_public_api_is_exported() -> None:
-    public = {n for n, v in vars(sdk).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    public = {
+        n for n, v in vars(sdk).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)
+    }
     assert set(sdk.__all__) == public | {"__version__"}
 
 
@@ -178,7 +180,9 @@ def test_api_key_never_reaches_store_spool_or_logs(
     client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True).close()
     client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-mock-status": "500"})
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-mock-status": "500"}
+        )
     # a store that cannot be opened sends records to the spool
     broken = sdk.OpenAI(
         api_key=API_KEY, base_url=mock_server.base_url, database_url=f"sqlite:///{tmp_path}/missing/dir/x.db"
@@ -222,7 +226,8 @@ def test_records_survive_immediate_process_exit(mock_server: Any, store: str) ->
         import sdk
         client = sdk.OpenAI(api_key="{API_KEY}", base_url="{mock_server.base_url}")
         for i in range(50):
-            client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": str(i)}}])
+            messages = [{{"role": "user", "content": str(i)}}]
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages)
         # no flush: the at-exit hook must make these durable
         """,
         {"FLYWHEEL_DATABASE_URL": store},
@@ -242,7 +247,8 @@ def test_records_survive_fork(mock_server: Any, store: str) -> None:
         parent = sdk.OpenAI(api_key="{API_KEY}", base_url="{mock_server.base_url}")
         workers = sdk.OpenAI(api_key="{API_KEY}", base_url="{mock_server.base_url}")
         def call(client, who, i):
-            client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": f"{{who}}-{{i}}"}}])
+            messages = [{{"role": "user", "content": f"{{who}}-{{i}}"}}]
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages)
         for i in range(5):
             call(parent, "parent", i)
         children = []

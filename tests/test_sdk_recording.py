@@ -73,7 +73,9 @@ async def test_async_chat_completion_is_recorded(mock_server: Any, store: str) -
     client = make_async_client(mock_server, store, tags={"app": "bot"})
     async with client:
         with sdk.tags(feature="async"):
-            reply = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, tags={"n": 1})
+            reply = await client.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, tags={"n": 1}
+            )
     row = only_call(store)
     assert row["response"]["id"] == reply.id
     assert row["tags"] == {"app": "bot", "feature": "async", "n": "1"}
@@ -189,7 +191,9 @@ async def test_connection_refused_is_recorded(store: str) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = sdk.OpenAI(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/v1", database_url=store, max_retries=1)
+    client = sdk.OpenAI(
+        api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/v1", database_url=store, max_retries=1
+    )
     with pytest.raises(openai.APIConnectionError):
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     rows = fetch_calls(store)
@@ -233,7 +237,9 @@ async def test_parse_raw_and_streaming_response(mock_server: Any, store: str) ->
         model="gpt-4o-mini", messages=MESSAGES, response_format=Ticket, tags={"kind": "parse"}
     )
     assert isinstance(parsed.choices[0].message.parsed, Ticket)
-    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, tags={"kind": "raw"})
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, tags={"kind": "raw"}
+    )
     assert raw.parse().choices[0].message.content
     with client.chat.completions.with_streaming_response.create(
         model="gpt-4o-mini", messages=MESSAGES, tags={"kind": "streaming"}
@@ -257,7 +263,9 @@ async def test_binary_bodies_are_metadata_only(mock_server: Any, store: str) -> 
     assert rows[1]["response"]["id"] == uploaded.id
 
 
-async def test_copy_and_with_options_keep_recording_options(mock_server: Any, store: str, tmp_path: Any) -> None:
+async def test_copy_and_with_options_keep_recording_options(
+    mock_server: Any, store: str, tmp_path: Any
+) -> None:
     client = make_client(mock_server, store, tags={"app": "a"})
     copied = client.with_options(timeout=30)
     retagged = client.copy(tags={"app": "b"})

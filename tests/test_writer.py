@@ -123,6 +123,8 @@ def chat_exchange(n: int, *, stream: bool = False, **fields: Any) -> Exchange:
         "ttft_ms": 95.0 if stream else None,
     }
     values.update(fields)
+    if "response_size" not in values:  # as the transport does
+        values["response_size"] = sum(map(len, values["response_chunks"] or ()))
     return Exchange(**values)
 
 
@@ -396,6 +398,36 @@ def test_sqlite_outage_spools_then_replays(recorders: Callable[..., Recorder], t
     assert recorder.spool.pending_files() == []
 
 
+def test_a_long_backlog_is_replayed_in_order_with_new_rows_behind_it(
+    recorders: Callable[..., Recorder], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_writer, "REPLAY_BUDGET_S", 0.0)  # one spool file per wake-up
+    blocker = tmp_path / "data"
+    blocker.write_text("not a directory")
+    url = f"sqlite:///{blocker / 'store.db'}"
+    recorder = recorders(url, batch_rows=4, flush_interval=0.05, retry_initial=0.05, retry_max=0.1)
+    for n in range(40):
+        recorder.submit(chat_exchange(n))
+    assert recorder.flush(timeout=30)
+    assert len(recorder.spool.pending_files()) == 10
+    blocker.unlink()
+    blocker.mkdir()
+    for n in range(40, 60):  # arrive while the backlog is being replayed
+        recorder.submit(chat_exchange(n))
+        time.sleep(0.01)
+    wait_for(lambda: count_rows(url) == 60)
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        order = conn.execute(
+            sa.text(
+                "SELECT t.value FROM calls c JOIN call_tags t ON t.call_id = c.id AND t.key = 'n' "
+                "ORDER BY c.rowid"
+            )
+        ).scalars()
+        assert [int(v) for v in order] == list(range(60))  # SQLite's rowid: insertion order
+    engine.dispose()
+
+
 def test_rows_wait_in_memory_when_neither_store_nor_spool_takes_them(
     recorders: Callable[..., Recorder], tmp_path: Path
 ) -> None:
@@ -562,7 +594,7 @@ def test_recorder_created_before_fork_but_first_used_in_workers(
 def test_submit_never_raises(tmp_path: Path, recorders: Callable[..., Recorder]) -> None:
     recorder = recorders(f"sqlite:///{tmp_path / 'store.db'}")
     recorder.submit(None)  # type: ignore[arg-type]
-    recorder.submit(chat_exchange(1, response_chunks=[object()]))
+    recorder.submit(chat_exchange(1, response_chunks=[object()], response_size=0))
     assert _health.snapshot()["errors.submit"] >= 1
 
 
