@@ -58,6 +58,8 @@ BATCH_ROWS = 2000
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
 REPLAY_BUDGET_S = 2.0
+YIELD_EVERY = 4
+"""Records built between two voluntary releases of the GIL."""
 """Seconds of spool replay per wake-up; newer rows queue behind the rest in the spool meanwhile."""
 SPOOL_SCAN_INTERVAL_S = 10.0
 """How often a healthy writer looks for spool files left by other (dead) processes."""
@@ -494,7 +496,11 @@ class Recorder:
         default_redact = _global_redact
         rows: list[Row] = []
         append = rows.append
-        for ex in exchanges:
+        for n, ex in enumerate(exchanges, 1):
+            if n % YIELD_EVERY == 0:
+                # Hand the GIL to the app if it is waiting for it: without this, an app thread
+                # whose response just arrived can wait a whole switch interval (5 ms) for us.
+                time.sleep(0)
             try:
                 options = ex.options
                 redact = (

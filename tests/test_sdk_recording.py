@@ -290,3 +290,36 @@ async def test_wrap_existing_async_client(mock_server: Any, store: str) -> None:
     async with client:
         await client.embeddings.create(model="text-embedding-3-small", input="x", tags={"k": "v"})
     assert only_call(store)["tags"] == {"k": "v"}
+
+
+async def test_azure_client_is_recorded(mock_server: Any, store: str) -> None:
+    root = mock_server.base_url.removesuffix("/v1")
+    client = sdk.AzureOpenAI(
+        api_key=API_KEY,
+        azure_endpoint=root,
+        azure_deployment="support-gpt4o",
+        api_version="2024-10-21",
+        database_url=store,
+        tags={"cloud": "azure"},
+    )
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, tags={"call": "1"})
+    row = only_call(store)
+    assert row["endpoint"] == "/chat/completions"
+    assert row["base_url"] == root
+    assert row["response"]["id"] == reply.id
+    assert row["tags"] == {"cloud": "azure", "call": "1"}
+
+
+async def test_async_azure_client_is_recorded(mock_server: Any, store: str) -> None:
+    client = sdk.AsyncAzureOpenAI(
+        api_key=API_KEY,
+        azure_endpoint=mock_server.base_url.removesuffix("/v1"),
+        azure_deployment="support-emb",
+        api_version="2024-10-21",
+        database_url=store,
+    )
+    async with client:
+        await client.embeddings.create(model="text-embedding-3-small", input="hello")
+    row = only_call(store)
+    assert row["endpoint"] == "/embeddings"
+    assert row["status_code"] == 200

@@ -38,6 +38,10 @@ def create_app(latency_ms: float = 0, error_rate: float = 0.0, seed: int = 0) ->
         Route("/v1/embeddings", create_embedding, methods=["POST"]),
         Route("/v1/audio/speech", create_speech, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        # Azure OpenAI's deployment-scoped paths (``AzureOpenAI(azure_endpoint=..., azure_deployment=...)``).
+        Route("/openai/deployments/{deployment}/chat/completions", create_chat_completion, methods=["POST"]),
+        Route("/openai/deployments/{deployment}/completions", create_completion, methods=["POST"]),
+        Route("/openai/deployments/{deployment}/embeddings", create_embedding, methods=["POST"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         *file_routes(files),
         *fine_tuning_routes(FineTuningJobs(files)),
