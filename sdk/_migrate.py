@@ -182,8 +182,10 @@ def locked_connection(url: str | URL) -> Iterator[Connection]:
 
 
 def _configure_sqlite_migration_connection(dbapi_connection: Any, _record: Any) -> None:
+    from sdk._store import enable_wal
+
     dbapi_connection.execute("PRAGMA foreign_keys=OFF")
-    dbapi_connection.execute("PRAGMA journal_mode=WAL")  # persistent: the store is WAL from the start
+    enable_wal(dbapi_connection, SQLITE_MIGRATION_TIMEOUT_S)  # persistent: the store is WAL from the start
 
 
 @contextmanager

@@ -7,8 +7,9 @@ Invariants:
   SQLite gives the ``-wal`` and ``-shm`` files the database file's mode, so they are 0600 too.
 - SQLite runs in WAL mode with a busy timeout, so several processes (gunicorn workers, a CLI next
   to an app) can write one file; each batch is one short write transaction.
-- ``insert_batch`` is idempotent: ids are generated client-side, and ``INSERT ... ON CONFLICT DO
-  NOTHING`` makes replaying a batch (the spool after a partial failure) insert nothing twice.
+- ``insert_batch`` is idempotent: ids are generated client-side, and calls already stored are
+  skipped with their tags, so replaying a batch (the spool after a partial failure) inserts
+  nothing twice.
 - Messages never contain the URL's password (``safe_url``).
 - The SDK never creates tables itself: the schema comes from the Alembic migrations only. On SQLite
   the SDK runs them (a local file has one owner and nobody else to run them); on PostgreSQL that
@@ -20,6 +21,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.sql.dml import Insert
 
@@ -35,6 +39,7 @@ from sdk.schema import RawJSON, call_tags, calls
 
 __all__ = [
     "create_store_engine",
+    "enable_wal",
     "ensure_schema",
     "insert_batch",
     "prepare_sqlite_file",
@@ -112,13 +117,33 @@ def create_store_engine(url: str) -> Engine:
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
-        # busy_timeout first: switching to WAL has to wait for other processes' locks too.
+        # busy_timeout first: everything after it may have to wait for other processes' locks.
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+    enable_wal(dbapi_connection, SQLITE_BUSY_TIMEOUT_MS / 1000)
+
+
+def enable_wal(dbapi_connection: Any, timeout_s: float) -> None:
+    """Switch a sqlite3 connection's database to WAL (a no-op once it is WAL: the mode persists).
+
+    The switch needs the database to itself, and SQLite does not always wait for that through the
+    busy handler (several processes opening a new store at once get "database is locked"), so it
+    is retried here for up to ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            mode = dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() != "wal":
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def ensure_schema(engine: Engine) -> bool:
@@ -151,6 +176,9 @@ def ensure_schema(engine: Engine) -> bool:
     if engine.dialect.name == "sqlite":
         try:
             _migrate.upgrade(engine.url.render_as_string(hide_password=False))
+            status = _migrate.schema_status(engine)
+            if status not in ("current", "ahead"):  # e.g. ":memory:": the migration saw another database
+                raise RuntimeError(f"the schema is still {status} after the upgrade")
         except Exception as exc:
             _health.count("schema_upgrade_failed")
             _health.log_problem(
@@ -162,7 +190,7 @@ def ensure_schema(engine: Engine) -> bool:
                 exc,
             )
             return False
-        return _migrate.schema_status(engine) in ("current", "ahead")
+        return True
     if status == "missing":
         _health.log_problem(
             f"schema-missing:{where}",
@@ -182,10 +210,14 @@ def ensure_schema(engine: Engine) -> bool:
     return False
 
 
+def _scalar_default(column: sa.Column[Any]) -> Any:
+    default = column.default
+    return default.arg if isinstance(default, sa.ColumnDefault) and default.is_scalar else None
+
+
 # Column names of `calls` with the value a missing key gets (the column's Python-side default).
 _CALL_COLUMNS: tuple[tuple[str, Any], ...] = tuple(
-    (column.name, column.default.arg if column.default is not None and column.default.is_scalar else None)
-    for column in calls.columns
+    (column.name, _scalar_default(column)) for column in calls.columns
 )
 _CALL_NAMES = [name for name, _ in _CALL_COLUMNS]
 _JSON_INDEXES = [index for index, column in enumerate(calls.columns) if isinstance(column.type, RawJSON)]
@@ -200,16 +232,19 @@ def insert_batch(engine: Engine, records: Sequence[Mapping[str, Any]]) -> None:
     Each record is keyed by ``calls`` column name, plus an optional ``"tags"`` mapping of str to
     str. ``request``/``response`` are JSON text; ``created_at`` a UTC datetime (aware, or naive
     meaning UTC). Missing columns get their default (NULL mostly); other keys are ignored with a
-    warning. Calls whose id is already stored are skipped with their tags, so a batch can be
-    replayed (a repeated id within the batch keeps its first record).
+    warning.
 
-    How, per database (figures in docs/schema.md):
-    - PostgreSQL through psycopg: the ids already stored are looked up, the new rows are streamed
-      with ``COPY``. Cheapest by far for the app's process and the server.
-    - SQLite: ``INSERT ... ON CONFLICT DO NOTHING`` through the driver's executemany, the values
-      converted by the column types' own SQLAlchemy bind processors (same stored format as ORM
-      writes, without SQLAlchemy's per-row parameter handling).
-    - Elsewhere: SQLAlchemy's executemany of ``INSERT ... ON CONFLICT DO NOTHING``.
+    Idempotent: a call whose id is already stored is skipped together with its tags, so a batch can
+    be replayed (the spool after a partial failure); a repeated id within a batch keeps its first
+    record. How, per database (figures in docs/schema.md):
+
+    - PostgreSQL through psycopg: the stored ids are looked up and the new rows streamed with
+      ``COPY``, the cheapest way in for the app's process and for the server.
+    - SQLite: under the write lock (``BEGIN IMMEDIATE``) the stored ids are looked up and the new
+      rows go through the driver's executemany of ``INSERT ... ON CONFLICT DO NOTHING``, with
+      values converted by the column types' own SQLAlchemy bind processors (the format SQLAlchemy
+      reads back, without its per-row parameter handling).
+    - Other drivers: the same lookup, then SQLAlchemy's executemany of the same statements.
     """
     if not records:
         return
@@ -224,17 +259,52 @@ def insert_batch(engine: Engine, records: Sequence[Mapping[str, Any]]) -> None:
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
         _insert_by_copy(engine, records)
         return
-    tag_rows = [
+    with engine.begin() as conn:
+        if dialect.name == "sqlite":
+            # Take the write lock before reading: a deferred transaction that reads, then writes,
+            # fails at once (SQLITE_BUSY_SNAPSHOT) if another process wrote in between.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        new = _new_records(conn, records)
+        if not new:
+            return
+        if dialect.name == "sqlite":
+            _insert_sqlite(conn, new)
+        else:
+            _insert_generic(conn, new)
+
+
+_ID_LOOKUP_CHUNK = 500  # ids per IN (...): well below any database's bound-parameter limit
+_PG_STORED_IDS = sa.select(calls.c.id).where(
+    calls.c.id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String(32))))
+)
+
+
+def _new_records(conn: Connection, records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``records`` whose id is not stored yet, the first of each id only."""
+    ids = list({record["id"] for record in records})
+    seen: set[str] = set()
+    if conn.dialect.name == "postgresql":
+        # One array parameter: the same statement text (and plan) for any batch size.
+        seen.update(conn.execute(_PG_STORED_IDS, {"ids": ids}).scalars())
+    else:
+        for start in range(0, len(ids), _ID_LOOKUP_CHUNK):
+            chunk = ids[start : start + _ID_LOOKUP_CHUNK]
+            seen.update(conn.execute(sa.select(calls.c.id).where(calls.c.id.in_(chunk))).scalars())
+    new = []
+    for record in records:
+        if record["id"] not in seen:
+            seen.add(record["id"])
+            new.append(record)
+    return new
+
+
+def _tag_rows(records: Sequence[Mapping[str, Any]]) -> list[TagRow]:
+    return [
         (record["id"], key, value)
         for record in records
         if record.get("tags")
         for key, value in record["tags"].items()
     ]
-    with engine.begin() as conn:
-        if dialect.name == "sqlite":
-            _insert_sqlite(conn, records, tag_rows)
-        else:
-            _insert_generic(conn, records, tag_rows)
 
 
 _SQLITE_INSERT_CALLS = (
@@ -246,7 +316,7 @@ _SQLITE_INSERT_TAGS = (
 )
 
 
-def _insert_sqlite(conn: Connection, records: Sequence[Mapping[str, Any]], tag_rows: list[TagRow]) -> None:
+def _insert_sqlite(conn: Connection, records: Sequence[Mapping[str, Any]]) -> None:
     processors = _bind_processors(conn.dialect)
     rows = []
     for record in records:
@@ -256,6 +326,7 @@ def _insert_sqlite(conn: Connection, records: Sequence[Mapping[str, Any]], tag_r
         rows.append(tuple(row))
     # exec_driver_sql: the driver's executemany as is, with SQLAlchemy's error wrapping kept.
     conn.exec_driver_sql(_SQLITE_INSERT_CALLS, rows)
+    tag_rows = _tag_rows(records)
     if tag_rows:
         conn.exec_driver_sql(_SQLITE_INSERT_TAGS, tag_rows)
 
@@ -277,19 +348,22 @@ def _bind_processors(dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]
 
 @functools.cache
 def _upserts(dialect_name: str) -> tuple[Insert, Insert]:
+    tag_key = [call_tags.c.call_id, call_tags.c.key]
     if dialect_name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect_name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # other databases: plain INSERT, so a replayed batch fails on the duplicate ids
-        return sa.insert(calls), sa.insert(call_tags)
-    return (
-        insert(calls).on_conflict_do_nothing(index_elements=[calls.c.id]),
-        insert(call_tags).on_conflict_do_nothing(index_elements=[call_tags.c.call_id, call_tags.c.key]),
-    )
+        return (
+            postgresql.insert(calls).on_conflict_do_nothing(index_elements=[calls.c.id]),
+            postgresql.insert(call_tags).on_conflict_do_nothing(index_elements=tag_key),
+        )
+    if dialect_name == "sqlite":
+        return (
+            sqlite.insert(calls).on_conflict_do_nothing(index_elements=[calls.c.id]),
+            sqlite.insert(call_tags).on_conflict_do_nothing(index_elements=tag_key),
+        )
+    # Other databases: plain INSERT (the id lookup before it keeps replays out).
+    return sa.insert(calls), sa.insert(call_tags)
 
 
-def _insert_generic(conn: Connection, records: Sequence[Mapping[str, Any]], tag_rows: list[TagRow]) -> None:
+def _insert_generic(conn: Connection, records: Sequence[Mapping[str, Any]]) -> None:
     insert_calls, insert_tags = _upserts(conn.dialect.name)
     if conn.dialect.name == "postgresql":
         call_rows = [dict(zip(_CALL_NAMES, _pg_row(record), strict=True)) for record in records]
@@ -298,6 +372,7 @@ def _insert_generic(conn: Connection, records: Sequence[Mapping[str, Any]], tag_
             {name: record.get(name, default) for name, default in _CALL_COLUMNS} for record in records
         ]
     conn.execute(insert_calls, call_rows)
+    tag_rows = _tag_rows(records)
     if tag_rows:
         conn.execute(
             insert_tags,
@@ -322,7 +397,6 @@ def _pg_row(record: Mapping[str, Any]) -> list[Any]:
     return row
 
 
-_PG_EXISTING_IDS = "SELECT id FROM calls WHERE id = ANY(%s)"
 _PG_COPY_CALLS = f"COPY calls ({', '.join(_CALL_NAMES)}) FROM STDIN"
 _PG_COPY_TAGS = "COPY call_tags (call_id, key, value) FROM STDIN"
 _PG_UNIQUE_VIOLATION = "23505"
@@ -350,23 +424,17 @@ def _insert_by_copy(engine: Engine, records: Sequence[Mapping[str, Any]]) -> Non
 def _copy_new_rows(conn: Connection, records: Sequence[Mapping[str, Any]]) -> None:
     # COPY parses timestamps as text: a naive created_at must mean UTC, whatever the server's zone.
     conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
-    stored = conn.exec_driver_sql(_PG_EXISTING_IDS, ([record["id"] for record in records],))
-    seen = set(stored.scalars())
-    new = []
-    for record in records:
-        if record["id"] not in seen:
-            seen.add(record["id"])
-            new.append(record)
+    new = _new_records(conn, records)
     if not new:
         return
     with _driver_cursor(conn, _PG_COPY_CALLS) as cursor, cursor.copy(_PG_COPY_CALLS) as copy:
         for record in new:
             copy.write_row(_pg_row(record))
-    if any(record.get("tags") for record in new):
+    tag_rows = _tag_rows(new)
+    if tag_rows:
         with _driver_cursor(conn, _PG_COPY_TAGS) as cursor, cursor.copy(_PG_COPY_TAGS) as copy:
-            for record in new:
-                for key, value in (record.get("tags") or {}).items():
-                    copy.write_row((record["id"], key, value))
+            for tag in tag_rows:
+                copy.write_row(tag)
 
 
 @contextmanager

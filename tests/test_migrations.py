@@ -260,9 +260,19 @@ def test_docs_example_queries_run(db_url: str) -> None:
     _migrate.upgrade(db_url)
     store = create_store_engine(db_url)
     at = datetime.now(UTC) - timedelta(hours=1)
+    models = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"]
     records = [
-        chat_record(f"{i:032x}", at=at + timedelta(minutes=i), prompt=f"question {i}", reply=f"answer {i}")
-        | {"tags": {"prompt_id": "qa", "feature": "search" if i % 2 else "chat"}, "latency_ms": 100.0 + i}
+        chat_record(
+            f"{i:032x}",
+            at=at + timedelta(minutes=i),
+            prompt=f"Question {i % 10} about my order",
+            reply="You can get a refund within 30 days." if i % 4 == 0 else f"Your order {i} has shipped.",
+            model=models[i % 3],
+            input_hash=f"{i % 10:064x}",
+            latency_ms=100.0 + 10 * i,
+            cached_tokens=0,
+        )
+        | {"tags": {"prompt_id": "qa", "feature": "search" if i % 2 else "chat"}}
         for i in range(30)
     ]
     records[3] |= {
