@@ -300,7 +300,7 @@ def test_docs_example_queries_run(db_url: str) -> None:
 def test_wheel_ships_migrations_that_run_from_an_install(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
         check=True,
         capture_output=True,
         timeout=300,
