@@ -21,16 +21,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import openai
+from _report import PERFORMANCE_DOC as DOC
+from _report import update_section
 
 MESSAGES = [
     {"role": "system", "content": "You are a support assistant. Classify the ticket into one category."},
     {"role": "user", "content": "My invoice for October shows a charge twice, can you check? " * 8},
 ]
-DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 SECTION = "## SDK overhead"
 
 
@@ -157,18 +157,6 @@ def main() -> None:
     print(body)
     if args.write:
         update_section(DOC, SECTION, body)
-
-
-def update_section(path: Path, heading: str, body: str) -> None:
-    """Replace the ``heading`` section of a markdown file (up to the next ``## ``), or append it."""
-    text = path.read_text() if path.exists() else "# Performance\n\n"
-    start = text.find(heading + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + body + (text[end + 1 :] if end != -1 else "")
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-DOC = ROOT / "docs" / "performance.md"
+from _report import PERFORMANCE_DOC as DOC  # noqa: E402  (bench/ is on sys.path when run as a script)
+from _report import update_section  # noqa: E402
+
 SECTION = "## Writer throughput"
 PG_SERVER_URL = os.environ.get("FLYWHEEL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TARGET = 20_000
@@ -212,19 +214,6 @@ def child(store: str, records: int) -> dict[str, Any]:
             with admin.connect() as conn:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
-
-
-def update_section(path: Path, heading: str, body: str) -> None:
-    """Replace the ``heading`` section of a markdown file (up to the next ``## ``), or append it."""
-    text = path.read_text() if path.exists() else "# Performance\n\n"
-    start = text.find(heading + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + body + (text[end + 1 :] if end != -1 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def main() -> int:

@@ -7,7 +7,7 @@ Recording never changes what the app sees and never raises into it; see docs/sdk
 """
 
 from ._clients import AsyncAzureOpenAI, AsyncOpenAI, AzureOpenAI, OpenAI, wrap
-from ._tags import tags
+from ._tags import tag_headers, tags
 from ._writer import flush, set_global_redact, stats
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "flush",
     "set_global_redact",
     "stats",
+    "tag_headers",
     "tags",
     "wrap",
 ]

@@ -101,11 +101,17 @@ def _tagging_namespace(cls: type) -> dict[str, Any]:
     return namespace
 
 
-@functools.cache
+_tagging_classes: dict[type, type] = {}
+
+
 def _tagging_class(cls: type) -> type:
+    known = _tagging_classes.get(cls)
+    if known is not None:
+        return known
     namespace = _tagging_namespace(cls)
     namespace.update(__module__=cls.__module__, __qualname__=cls.__qualname__, __doc__=cls.__doc__)
-    return type(cls.__name__, (cls,), namespace)
+    tagging = _tagging_classes[cls] = type(cls.__name__, (cls,), namespace)
+    return tagging
 
 
 def _make_tagging(value: object) -> None:
@@ -218,15 +224,20 @@ def _add_tagging_properties(cls: type, base: type) -> None:
             setattr(cls, name, prop)
 
 
-@functools.cache
+_recording_classes: dict[type, type] = {}
+
+
 def _recording_class(base: type, module: str | None = None, doc: str | None = None) -> type:
+    known = _recording_classes.get(base)
+    if known is not None:
+        return known
     namespace = _recording_namespace(base)
     namespace.update(
         __module__=module or base.__module__,
         __qualname__=base.__qualname__,
         __doc__=doc or base.__doc__,
     )
-    recording = type(base.__name__, (base,), namespace)
+    recording = _recording_classes[base] = type(base.__name__, (base,), namespace)
     _add_tagging_properties(recording, base)
     return recording
 
@@ -235,45 +246,25 @@ _DOC = "``openai.{}`` that records every call. Extra options: ``tags``, ``databa
 
 if TYPE_CHECKING:
 
-    class OpenAI(openai.OpenAI):
+    class _RecordingOptions:
+        """What type checkers see: the ``openai`` constructor plus the recording options."""
+
         def __init__(
             self,
-            *,
+            *args: Any,
             tags: Mapping[str, object] | None = None,
             database_url: str | None = None,
             redact: Redactor | None = None,
             **kwargs: Any,
         ) -> None: ...
 
-    class AsyncOpenAI(openai.AsyncOpenAI):
-        def __init__(
-            self,
-            *,
-            tags: Mapping[str, object] | None = None,
-            database_url: str | None = None,
-            redact: Redactor | None = None,
-            **kwargs: Any,
-        ) -> None: ...
+    class OpenAI(_RecordingOptions, openai.OpenAI): ...
 
-    class AzureOpenAI(openai.AzureOpenAI):
-        def __init__(
-            self,
-            *,
-            tags: Mapping[str, object] | None = None,
-            database_url: str | None = None,
-            redact: Redactor | None = None,
-            **kwargs: Any,
-        ) -> None: ...
+    class AsyncOpenAI(_RecordingOptions, openai.AsyncOpenAI): ...
 
-    class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
-        def __init__(
-            self,
-            *,
-            tags: Mapping[str, object] | None = None,
-            database_url: str | None = None,
-            redact: Redactor | None = None,
-            **kwargs: Any,
-        ) -> None: ...
+    class AzureOpenAI(_RecordingOptions, openai.AzureOpenAI): ...
+
+    class AsyncAzureOpenAI(_RecordingOptions, openai.AsyncAzureOpenAI): ...
 
 else:
     OpenAI = _recording_class(openai.OpenAI, "sdk", _DOC.format("OpenAI"))

@@ -18,7 +18,8 @@ __all__ = ["Exchange", "RecordOptions"]
 class RecordOptions:
     """Per-client recording options carried on each request (survive ``copy()``/``with_options()``)."""
 
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str | None] = field(default_factory=dict)
+    """Client-level tags; ``None`` values remove a tag (see ``_tags.merge_tags``)."""
     database_url: str | None = None
     redact: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
 

@@ -70,7 +70,13 @@ def test_version() -> None:
 def test_help_lists_only_working_commands_in_workflow_order() -> None:
     result = ok("--help")
     listed = result.stdout.split("Commands:\n", 1)[1].split()
-    assert [word for word in listed if word in cli.commands] == ["quickstart", "migrate", "logs", "stats", "mock-server"]
+    assert [word for word in listed if word in cli.commands] == [
+        "quickstart",
+        "migrate",
+        "logs",
+        "stats",
+        "mock-server",
+    ]
 
 
 @pytest.mark.slow

@@ -273,3 +273,16 @@ def test_records_survive_fork(mock_server: Any, store: str) -> None:
         [f"parent-{i}" for i in range(10)] + [f"child{n}-{i}" for n in range(2) for i in range(5)]
     )
     assert contents == expected
+
+
+def test_tag_header_never_leaves_the_process(mock_server: Any, store: str) -> None:
+    client = sdk.OpenAI(api_key=API_KEY, base_url=mock_server.base_url, database_url=store)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, tags={"via": "keyword"}
+    )
+    typed = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_headers=sdk.tag_headers(via="header", n=2)
+    )
+    for response in (raw, typed):
+        assert not any(k.lower().startswith("x-flywheel") for k in response.http_request.headers)
+    assert [r["tags"] for r in fetch_calls(store)] == [{"via": "keyword"}, {"via": "header", "n": "2"}]
