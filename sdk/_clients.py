@@ -139,11 +139,10 @@ def _setup(client: Any, tags: Mapping[str, object] | None, database_url: str | N
 def _attach(client: Any, request: Any) -> None:
     """Runs for every attempt, just before sending: carry options and tags to the transport."""
     try:
-        headers = request.headers
-        per_call = headers.pop(TAG_HEADER, None)
+        per_call = request.headers.pop(TAG_HEADER, None) if TAG_HEADER in request.headers else None
         options: RecordOptions = client._flywheel_options
         tags = merge_tags(options.tags, context_tags(), parse_tag_header(per_call) if per_call else None)
-        request.extensions = {**request.extensions, EXTENSION: (options, tags)}
+        request.extensions[EXTENSION] = (options, tags)
     except Exception as exc:
         _health.report_error("prepare_request", exc)
 

@@ -31,8 +31,8 @@ class Exchange:
     started_at: float
     """Wall-clock time (``time.time()``) when the request was handed to the transport."""
     method: str
-    url: str
-    """Full request URL, query included."""
+    url: object
+    """Full request URL, query included: an ``httpx``/``httpx2`` ``URL`` (``str()`` gives the text)."""
     request_content_type: str
     request_body: bytes | None
     """Body bytes for JSON requests; ``None`` for binary/multipart bodies (see ``request_size``)."""

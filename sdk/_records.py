@@ -262,7 +262,7 @@ def build_record(ex: Exchange, prices: PriceTable, redact: Redactor | None = Non
     it raises or returns anything else, the record is dropped and reported as ``errors.redact``.
     Token counts and cost come from the original response: they are not content.
     """
-    url = _split_url(ex.url)
+    url = _split_url(str(ex.url))  # the transport keeps the URL object; text is made here
     endpoint = url.endpoint
 
     # Request ---------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def _start(request: Any) -> Exchange | None:
         return Exchange(
             started_at=time.time(),
             method=request.method,
-            url=str(request.url),
+            url=request.url,  # immutable; turned into text by the writer
             request_content_type=content_type,
             request_body=body,
             request_size=size,
@@ -127,24 +127,33 @@ def _responded(exchange: Exchange, response: Any) -> bool:
     return content_type.startswith(_JSON_TYPES) or not content_type
 
 
+def _reads_lazily(request: Any) -> bool:
+    """``with_streaming_response``: the app, not ``openai``, reads (and closes) the body."""
+    return bool(request.headers.get("x-stainless-raw-response") == "stream")
+
+
 class _Tee:
     """State shared by the sync and async tee streams (kept apart from the stream object so that a
     finalizer can record a stream the caller abandoned without closing it)."""
 
-    __slots__ = ("chunks", "done", "exchange", "exhausted", "keep", "started")
+    __slots__ = ("chunks", "done", "exchange", "exhausted", "keep", "lazy", "started", "streamed")
 
-    def __init__(self, exchange: Exchange, started: float, keep: bool) -> None:
+    def __init__(self, exchange: Exchange, started: float, keep: bool, lazy: bool) -> None:
         self.exchange = exchange
         self.started = started
         self.keep = keep
+        content_type = exchange.response_content_type
+        self.streamed = bool(content_type) and content_type.startswith("text/event-stream")
+        # Only a body the app reads itself (a stream, or ``with_streaming_response``) can be left
+        # unread and unclosed; ``openai`` reads every other body before returning. Only those
+        # need a finalizer to be recorded when abandoned.
+        self.lazy = lazy or self.streamed
         self.chunks: list[bytes] = []
         self.exhausted = False
         self.done = False
 
     def first_chunk(self) -> None:
-        if self.exchange.response_content_type and self.exchange.response_content_type.startswith(
-            "text/event-stream"
-        ):
+        if self.streamed:
             self.exchange.ttft_ms = (time.perf_counter() - self.started) * 1000.0
 
     def error(self, exc: BaseException) -> None:
@@ -180,7 +189,7 @@ def _transport_classes(family: ModuleType) -> tuple[type, type]:
         def __init__(self, inner: Any, tee: _Tee) -> None:
             self._inner = inner
             self._tee = tee
-            self._finalizer = weakref.finalize(self, _finish_abandoned, tee)
+            self._finalizer = weakref.finalize(self, _finish_abandoned, tee) if tee.lazy else None
 
         def __iter__(self) -> Iterator[bytes]:
             tee = self._tee
@@ -208,14 +217,15 @@ def _transport_classes(family: ModuleType) -> tuple[type, type]:
             try:
                 self._inner.close()
             finally:
-                self._finalizer.detach()
+                if self._finalizer is not None:
+                    self._finalizer.detach()
                 self._tee.finish()
 
     class AsyncTeeStream(family.AsyncByteStream):  # type: ignore[name-defined,misc]
         def __init__(self, inner: Any, tee: _Tee) -> None:
             self._inner = inner
             self._tee = tee
-            self._finalizer = weakref.finalize(self, _finish_abandoned, tee)
+            self._finalizer = weakref.finalize(self, _finish_abandoned, tee) if tee.lazy else None
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
             tee = self._tee
@@ -243,7 +253,8 @@ def _transport_classes(family: ModuleType) -> tuple[type, type]:
             try:
                 await self._inner.aclose()
             finally:
-                self._finalizer.detach()
+                if self._finalizer is not None:
+                    self._finalizer.detach()
                 self._tee.finish()
 
     class RecordingTransport(family.BaseTransport):  # type: ignore[name-defined,misc]
@@ -264,7 +275,8 @@ def _transport_classes(family: ModuleType) -> tuple[type, type]:
             if exchange is not None:
                 try:
                     keep = _responded(exchange, response)
-                    response.stream = TeeStream(response.stream, _Tee(exchange, started, keep))
+                    tee = _Tee(exchange, started, keep, _reads_lazily(request))
+                    response.stream = TeeStream(response.stream, tee)
                 except Exception as exc:
                     _health.report_error("transport.response", exc)
             return response
@@ -294,7 +306,8 @@ def _transport_classes(family: ModuleType) -> tuple[type, type]:
             if exchange is not None:
                 try:
                     keep = _responded(exchange, response)
-                    response.stream = AsyncTeeStream(response.stream, _Tee(exchange, started, keep))
+                    tee = _Tee(exchange, started, keep, _reads_lazily(request))
+                    response.stream = AsyncTeeStream(response.stream, tee)
                 except Exception as exc:
                     _health.report_error("transport.response", exc)
             return response

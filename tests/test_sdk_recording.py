@@ -323,3 +323,16 @@ async def test_async_azure_client_is_recorded(mock_server: Any, store: str) -> N
     row = only_call(store)
     assert row["endpoint"] == "/embeddings"
     assert row["status_code"] == 200
+
+
+async def test_streaming_response_never_closed_is_recorded(mock_server: Any, store: str) -> None:
+    client = make_client(mock_server, store)
+    manager = client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    response = manager.__enter__()  # the app forgets the `with` and never reads or closes it
+    assert response.status_code == 200
+    del response, manager
+    gc.collect()
+    row = only_call(store)
+    assert row["status_code"] == 200
+    assert row["complete"] is False
+    client.close()
