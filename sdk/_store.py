@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import re
 import sqlite3
@@ -28,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -286,6 +288,10 @@ def _new_records(conn: Connection, records: Sequence[Mapping[str, Any]]) -> list
     if conn.dialect.name == "postgresql":
         # One array parameter: the same statement text (and plan) for any batch size.
         seen.update(conn.execute(_PG_STORED_IDS, {"ids": ids}).scalars())
+    elif conn.dialect.name == "sqlite":
+        # One JSON array parameter, unpacked by SQLite itself: no per-id parameter handling.
+        found = conn.exec_driver_sql(_SQLITE_STORED_IDS, (orjson.dumps(ids).decode(),))
+        seen.update(row[0] for row in found)
     else:
         for start in range(0, len(ids), _ID_LOOKUP_CHUNK):
             chunk = ids[start : start + _ID_LOOKUP_CHUNK]
@@ -307,6 +313,7 @@ def _tag_rows(records: Sequence[Mapping[str, Any]]) -> list[TagRow]:
     ]
 
 
+_SQLITE_STORED_IDS = "SELECT id FROM calls WHERE id IN (SELECT value FROM json_each(?))"
 _SQLITE_INSERT_CALLS = (
     f"INSERT INTO calls ({', '.join(_CALL_NAMES)}) VALUES ({', '.join('?' * len(_CALL_NAMES))}) "
     "ON CONFLICT (id) DO NOTHING"
@@ -316,11 +323,22 @@ _SQLITE_INSERT_TAGS = (
 )
 
 
+_ALL_CALL_VALUES = operator.itemgetter(*_CALL_NAMES)
+"""A record's values in column order, when it has every column (as ``build_record``'s rows do)."""
+
+
+def _call_values(record: Mapping[str, Any]) -> list[Any]:
+    try:
+        return list(_ALL_CALL_VALUES(record))
+    except KeyError:  # a partial record (the defaults fill in)
+        return [record.get(name, default) for name, default in _CALL_COLUMNS]
+
+
 def _insert_sqlite(conn: Connection, records: Sequence[Mapping[str, Any]]) -> None:
     processors = _bind_processors(conn.dialect)
     rows = []
     for record in records:
-        row = [record.get(name, default) for name, default in _CALL_COLUMNS]
+        row = _call_values(record)
         for index, process in processors:
             row[index] = process(row[index])
         rows.append(tuple(row))
@@ -389,7 +407,7 @@ def _pg_row(record: Mapping[str, Any]) -> list[Any]:
     ``jsonb`` rejects the escape ``\\u0000``, which a model's output can contain; one such body
     would make every replay of its batch fail, so the escape becomes U+FFFD instead.
     """
-    row = [record.get(name, default) for name, default in _CALL_COLUMNS]
+    row = _call_values(record)
     for index in _JSON_INDEXES:
         value = row[index]
         if isinstance(value, str) and "\\u0000" in value:

@@ -142,8 +142,8 @@ class _Tee:
         self.exchange = exchange
         self.started = started
         self.keep = keep
-        content_type = exchange.response_content_type
-        self.streamed = bool(content_type) and content_type.startswith("text/event-stream")
+        content_type = exchange.response_content_type or ""
+        self.streamed = content_type.startswith("text/event-stream")
         # Only a body the app reads itself (a stream, or ``with_streaming_response``) can be left
         # unread and unclosed; ``openai`` reads every other body before returning. Only those
         # need a finalizer to be recorded when abandoned.

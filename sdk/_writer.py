@@ -3,11 +3,16 @@
 ::
 
     app thread:     Recorder.submit(ex) ──> deque (bounded: records + body bytes; overflow is dropped)
-    writer thread:  every flush_interval ──> build_record ──> insert_batch ──> store
+    writer thread:  every flush_interval ──> build_record ──> hand-off (one built batch at most)
+    store thread:                              hand-off ──> insert_batch ──> store
                                                                    │ store unavailable
                                                                    └──> spool (disk) ──> replay when back
 
-One ``Recorder`` (one queue, one daemon thread, one engine) per store URL per process.
+One ``Recorder`` (one queue, two daemon threads, one engine) per store URL per process. The two
+threads form a pipeline: while the store thread waits on the database (the driver releases the
+GIL for SQLite's work and for the PostgreSQL round trips), the writer thread builds the next batch.
+Batches reach the store in the order they were taken, so a ``flush`` marker resolves only after
+everything queued before it.
 
 Invariants:
 - ``submit`` never raises, never blocks, never logs and takes no lock: it appends to a deque and
@@ -18,10 +23,12 @@ Invariants:
   the store is back; or it is counted (``stats()``): dropped by the redactor, unbuildable, or
   refused by the store for its data (then kept in the spool's ``.rejected`` file). The spool is
   replayed in order, before newer rows; a spool file is deleted only once its rows are committed.
-- Nothing on the app's thread touches the store; at interpreter exit, if the writer cannot finish
-  in ``FLYWHEEL_EXIT_TIMEOUT``, the exiting thread writes what is left to the spool (never the store).
-- After ``fork`` the child starts empty: the parent's queue stays the parent's job, its thread and
-  pooled connections are not reused; the child's writer starts on its first ``submit``.
+- Only the store thread touches the store and the spool (``spool_now`` aside); only the writer
+  thread runs ``build_record`` (and so the redactor). Nothing on the app's thread touches the store;
+  at interpreter exit, if the threads cannot finish in ``FLYWHEEL_EXIT_TIMEOUT``, the exiting thread
+  writes what is left to the spool (never the store).
+- After ``fork`` the child starts empty: the parent's queue stays the parent's job, its threads and
+  pooled connections are not reused; the child's threads start on its first ``submit``.
 """
 
 from __future__ import annotations
@@ -149,7 +156,11 @@ class _FlushMarker:
 
 
 class _Batch:
-    """Exchanges the writer took off the queue and then their rows: held, not yet durable."""
+    """Exchanges the writer took off the queue and then their rows: held, not yet durable.
+
+    A batch with no exchanges and no markers is the writer's tick: it tells the store thread to do
+    its housekeeping (replay the spool, retry held rows) when there is nothing else to do.
+    """
 
     __slots__ = ("exchanges", "markers", "rows")
 
@@ -194,6 +205,10 @@ class Recorder:
         self.retry_initial = retry_initial
         self.retry_max = max(retry_initial, retry_max)
         self.spool = Spool(spool_dir or _config.spool_dir(), database_url, max_file_rows=self.batch_rows)
+        # Build the next batch while the store inserts this one, except on SQLite: its driver
+        # takes and releases the GIL for every row, so the two threads mostly wait on each other
+        # (measured: the pair was slower than one after the other).
+        self._overlap = not database_url.startswith("sqlite")
         # Wake the writer early when the queue is half full, so bursts are not dropped.
         self._wake_records = max(1, self.max_queue_records // 2)
         self._wake_bytes = max(1, self.max_queue_bytes // 2)
@@ -212,11 +227,15 @@ class Recorder:
         self._lock = threading.Lock()  # guards _inflight, _held, _closed (never taken by submit)
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the writer thread (builds records)
+        self._store_thread: threading.Thread | None = None
+        # Built batches waiting for the store thread; at most one, so memory stays bounded.
+        self._handoff: collections.deque[_Batch] = collections.deque()
+        self._handoff_ready = threading.Condition(threading.Lock())
         self._generation = object()  # a writer thread runs only while this is the one it started with
         self._stop = False
         self._closed = False
-        self._inflight: _Batch | None = None
+        self._inflight: list[_Batch] = []  # taken off the queue, not yet durable (oldest first)
         self._held: list[Row] = []  # rows neither the store nor the spool could take
         self._schema_ok = False
         self._down = False
@@ -261,18 +280,23 @@ class Recorder:
         )
 
     def _start(self) -> None:
+        """Start the writer and the store thread, or whichever of them is not running."""
         with self._start_lock:
-            if self._thread is not None:
-                return
-            thread = threading.Thread(
-                target=self._run, args=(self._generation,), name="flywheel-writer", daemon=True
-            )
-            try:
-                thread.start()
-            except RuntimeError as exc:  # "can't start new thread" (e.g. at interpreter shutdown)
-                _health.report_error("writer.start", exc)
-            # Even if it did not start: flush() notices it is not alive and writes synchronously.
-            self._thread = thread
+            generation = self._generation
+            for attr, target, name in (
+                ("_store_thread", self._run_store, "flywheel-store"),
+                ("_thread", self._run, "flywheel-writer"),
+            ):
+                current: threading.Thread | None = getattr(self, attr)
+                if current is not None and current.is_alive():
+                    continue
+                thread = threading.Thread(target=target, args=(generation,), name=name, daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # "can't start new thread" (e.g. at interpreter shutdown)
+                    _health.report_error("writer.start", exc)
+                # Even if it did not start: flush() notices it and writes synchronously.
+                setattr(self, attr, thread)
 
     @property
     def queued_records(self) -> int:
@@ -299,27 +323,26 @@ class Recorder:
             marker.resolve(False)
             return marker
         with self._lock:
-            idle = not self._queue and self._inflight is None and not self._held
+            idle = not self._queue and not self._inflight and not self._held
             closed = self._closed
         if idle:
             return None
         if closed:  # spool_now() ran (exit timeout): no writer any more, spool synchronously
             self.spool_now()
             return None
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            with self._start_lock:
-                if self._thread is thread:
-                    self._thread = None
+        if not self._running():
             self._start()
-            thread = self._thread
-            if thread is None or not thread.is_alive():
+            if not self._running():
                 self.spool_now()
                 return None
         marker = _FlushMarker()
         self._queue.append(marker)
         self._wake.set()
         return marker
+
+    def _running(self) -> bool:
+        writer, store = self._thread, self._store_thread
+        return writer is not None and writer.is_alive() and store is not None and store.is_alive()
 
     def spool_now(self) -> None:
         """On the calling thread: everything not yet durable goes to the spool; the writer stops.
@@ -331,12 +354,15 @@ class Recorder:
         """
         with self._lock:
             self._closed = True
-            batch, self._inflight = self._inflight, None
+            batches, self._inflight = self._inflight, []
             held, self._held = self._held, []
+        with self._handoff_ready:
+            self._handoff.clear()
+            self._handoff_ready.notify_all()
         exchanges: list[Exchange] = []
         markers: list[_FlushMarker] = []
         rows: list[Row] = list(held)
-        if batch is not None:
+        for batch in batches:
             markers.extend(batch.markers)
             if batch.rows is not None:
                 rows.extend(batch.rows)
@@ -379,11 +405,13 @@ class Recorder:
         done = self.flush(timeout)
         if not done:
             self.spool_now()
-        thread = self._thread
         self._stop = True
         self._wake.set()
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(timeout)
+        with self._handoff_ready:
+            self._handoff_ready.notify_all()
+        for thread in (self._thread, self._store_thread):
+            if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout)
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.dispose()
@@ -408,13 +436,14 @@ class Recorder:
     # -- the writer thread --------------------------------------------------------------------
 
     def _run(self, generation: object) -> None:
+        """The writer thread: take batches off the queue, build their rows, hand them on."""
         while self._generation is generation and not self._stop and not self._closed:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             if self._stop or self._generation is not generation:
                 break
             try:
-                self._cycle()
+                self._cycle(generation)
             except Exception as exc:  # a bug here must not kill the thread
                 _health.report_error("writer", exc)
 
@@ -441,41 +470,101 @@ class Recorder:
             self._drain_into(batch.exchanges, batch.markers, limit=self.batch_rows)
             if not batch.exchanges and not batch.markers:
                 return None
-            self._inflight = batch
+            self._inflight.append(batch)
             return batch
 
-    def _cycle(self) -> None:
-        """Drain the queue batch by batch; then housekeeping (replay, retry held rows)."""
-        while (batch := self._take()) is not None:
+    def _cycle(self, generation: object) -> None:
+        """Drain the queue batch by batch into the hand-off; then a tick for the housekeeping."""
+        while self._store_idle(generation) and (batch := self._take()) is not None:
+            rows = self._build(batch.exchanges)
+            with self._lock:
+                if batch not in self._inflight:  # taken over by spool_now() at exit
+                    return
+                batch.rows = rows
+                batch.exchanges = []
+            if not self._hand_off(batch, generation):
+                return
+        self._hand_off(_Batch(), generation)
+
+    def _hand_off(self, batch: _Batch, generation: object) -> bool:
+        """Give ``batch`` to the store thread, waiting while it still has one; False when stopping."""
+        ready = self._handoff_ready
+        with ready:
+            is_tick = not batch.markers and batch.rows is None
+            if is_tick and self._handoff:
+                return True  # the store thread is busy anyway
+            while self._handoff and not self._stopping(generation):
+                ready.wait(self.flush_interval)
+            if self._stopping(generation):
+                return False
+            self._handoff.append(batch)
+            ready.notify_all()
+            return True
+
+    def _store_idle(self, generation: object) -> bool:
+        """Where building and inserting do not overlap well, wait for the store thread to finish its
+        batch before building the next; False when stopping."""
+        if self._overlap:
+            return True
+        ready = self._handoff_ready
+        with ready:
+            while self._handoff and not self._stopping(generation):
+                ready.wait(self.flush_interval)
+            return not self._stopping(generation)
+
+    def _stopping(self, generation: object) -> bool:
+        return self._stop or self._closed or self._generation is not generation
+
+    def _run_store(self, generation: object) -> None:
+        """The store thread: deliver built batches in order, resolve their flush markers."""
+        ready = self._handoff_ready
+        while True:
+            with ready:
+                while not self._handoff and not self._stopping(generation):
+                    ready.wait(self.flush_interval)
+                if self._stopping(generation):
+                    return
+                batch = self._handoff[0]
             try:
-                self._process(batch)
+                if batch.rows is not None or batch.markers:
+                    self._deliver_batch(batch)
+                self._housekeeping()
+            except Exception as exc:  # a bug here must not kill the thread
+                _health.report_error("writer.store", exc)
             finally:
-                durable = not self._held
-                for marker in batch.markers:
-                    marker.resolve(durable)
+                with ready:
+                    if self._handoff and self._handoff[0] is batch:
+                        self._handoff.popleft()
+                    ready.notify_all()
+
+    def _deliver_batch(self, batch: _Batch) -> None:
+        try:
+            with self._lock:
+                if batch not in self._inflight:  # taken over by spool_now() at exit
+                    return
+                rows = self._held + (batch.rows or [])
+                self._held = []
+                batch.rows = rows
+            try:
+                self._deliver(rows)
+            except Exception as exc:
+                _health.report_error("writer.deliver", exc)
+                self._to_spool(rows)
+            finally:
+                with self._lock:
+                    if batch in self._inflight:
+                        self._inflight.remove(batch)
+        finally:
+            durable = not self._held
+            for marker in batch.markers:
+                marker.resolve(durable)
+
+    def _housekeeping(self) -> None:
+        """Replay the spool and retry held rows when it is time to."""
         if self._held or self._spool_dirty or time.monotonic() >= self._next_spool_scan:
             with self._lock:
                 held, self._held = self._held, []
             self._deliver(held)
-
-    def _process(self, batch: _Batch) -> None:
-        rows = self._build(batch.exchanges)
-        with self._lock:
-            if self._inflight is not batch:  # taken over by spool_now() at exit
-                return
-            rows = self._held + rows
-            self._held = []
-            batch.rows = rows
-            batch.exchanges = []
-        try:
-            self._deliver(rows)
-        except Exception as exc:
-            _health.report_error("writer.deliver", exc)
-            self._to_spool(rows)
-        finally:
-            with self._lock:
-                if self._inflight is batch:
-                    self._inflight = None
 
     def _price_table(self) -> PriceTable:
         if self._prices is None:

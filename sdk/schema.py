@@ -160,6 +160,8 @@ call_tags = Table(
     Column("key", String(256), primary_key=True),
     Column("value", Text, nullable=False),
     Index(None, "key", "value"),
+    # SQLite: rows live in the primary-key b-tree (no separate rowid table); see migration 0002.
+    sqlite_with_rowid=False,
 )
 
 # Views, per dialect. Kept as SQL text: they are created by the migrations and documented in

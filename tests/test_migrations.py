@@ -89,7 +89,7 @@ def chat_record(call_id: str, *, at: datetime, prompt: str, reply: str, **extra:
 def test_upgrade_head_on_empty_store_matches_metadata(db_url: str, engine: sa.Engine) -> None:
     assert _migrate.schema_status(db_url) == "missing"
     _migrate.upgrade(db_url)
-    assert _migrate.current_revision(db_url) == _migrate.head_revision() == "0001_initial"
+    assert _migrate.current_revision(db_url) == _migrate.head_revision()
     assert _migrate.schema_status(engine) == "current"
     assert _diff(engine) == []
     with engine.connect() as conn:
@@ -190,6 +190,47 @@ def test_downgrade_base_then_upgrade_again(db_url: str, engine: sa.Engine) -> No
     _migrate.upgrade(db_url)
     assert _migrate.schema_status(db_url) == "current"
     assert _diff(engine) == []
+
+
+def test_upgrade_from_0001_keeps_calls_and_tags(db_url: str, engine: sa.Engine) -> None:
+    """0002 rebuilds call_tags on SQLite: rows recorded under 0001 survive it, and the rebuild is undone
+    by its downgrade."""
+    _migrate.upgrade(db_url, "0001_initial")
+    at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO calls (id, created_at, method, endpoint, stream, complete, attempt) "
+                "VALUES ('0001', :at, 'POST', '/chat/completions', false, true, 0)"
+            ),
+            {"at": at},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO call_tags (call_id, key, value) "
+                "VALUES ('0001', 'app', 'bot'), ('0001', 'v', '2')"
+            )
+        )
+    _migrate.upgrade(db_url)
+    assert _diff(engine) == []
+    with engine.connect() as conn:
+        tags = conn.execute(sa.text("SELECT tags FROM calls_tagged WHERE id = '0001'")).scalar_one()
+        rows = conn.execute(sa.text("SELECT key, value FROM call_tags ORDER BY key")).all()
+        if engine.dialect.name == "sqlite":
+            table_sql = conn.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'call_tags'")
+            ).scalar_one()
+            assert table_sql.rstrip().upper().endswith("WITHOUT ROWID")
+    assert (json.loads(tags) if isinstance(tags, str) else tags) == {"app": "bot", "v": "2"}
+    assert [tuple(row) for row in rows] == [("app", "bot"), ("v", "2")]
+    _migrate.downgrade(db_url, "0001_initial")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM call_tags")).scalar_one() == 2
+        if engine.dialect.name == "sqlite":
+            table_sql = conn.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'call_tags'")
+            ).scalar_one()
+            assert "WITHOUT ROWID" not in table_sql.upper()
 
 
 def test_upgrade_at_head_is_a_no_op(db_url: str) -> None:
@@ -349,7 +390,7 @@ def test_wheel_ships_migrations_that_run_from_an_install(tmp_path: Path) -> None
             assert {"calls", "call_tags", "alembic_version"} <= set(sa.inspect(conn).get_table_names())
             assert (
                 conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
-                == "0001_initial"
+                == _migrate.head_revision()
             )
     finally:
         store.dispose()
