@@ -2,6 +2,9 @@
 
 Every ``flywheel`` command is a function here first; the CLI (``flywheel.cli``) only parses options
 and prints. Errors a user can act on are ``FlywheelError``s (see ``flywheel.errors``).
+For analysis, ``flywheel.query(since="7d", tags={"prompt_id": "classify"}).to_pandas()`` reads the
+calls a ``CallFilter`` selects. As with ``migrate``, the function shadows its module here: import the
+module's other names with ``from flywheel.query import ...``.
 """
 
 from importlib import metadata as _metadata
@@ -14,12 +17,13 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 from .errors import BadFilterError, FlywheelError, StoreError, UsageError
 from .logs import recent_calls
 from .migrate import MigrationResult, migrate, pending_migrations
-from .query import CallFilter, filter_calls, parse_tag, parse_time
+from .query import CallFilter, CallQuery, filter_calls, parse_tag, parse_time, query
 from .stats import call_stats
 
 __all__ = [
     "BadFilterError",
     "CallFilter",
+    "CallQuery",
     "FlywheelError",
     "MigrationResult",
     "StoreError",
@@ -31,5 +35,6 @@ __all__ = [
     "parse_tag",
     "parse_time",
     "pending_migrations",
+    "query",
     "recent_calls",
 ]

@@ -38,12 +38,20 @@ Commands that work on calls (`logs`, `stats`) share these options; all given cri
 
 | option | meaning |
 |---|---|
-| `--tag KEY=VALUE` | the call carries this tag; repeat it to require several tags (all of them) |
+| `--tag KEY=VALUE` | the call carries this tag with this value (`KEY=`: the empty value); repeat it to require several tags (all of them) |
+| `--tag KEY` | the call carries the tag, whatever its value |
 | `--model NAME` | the model asked for, exactly as recorded |
 | `--endpoint PATH` | the API path, e.g. `/chat/completions`, `/responses`, `/embeddings` |
 | `--since TIME` | created at or after TIME (inclusive) |
 | `--until TIME` | created before TIME (exclusive) |
 | `--status ok\\|error` | `ok`: HTTP 2xx/3xx; `error`: HTTP 4xx/5xx or no response (timeout, network) |
+| `--search TEXT` | TEXT occurs in a string of the request or response body (message content, tool arguments; not in JSON keys), ignoring case (ASCII letters only on SQLite); `%` and `_` are plain characters |
+| `--min-latency MS`, `--max-latency MS` | latency in milliseconds, bounds included |
+| `--min-tokens N`, `--max-tokens N` | total tokens (prompt + completion), bounds included; also `--min-prompt-tokens`, `--max-prompt-tokens`, `--min-completion-tokens`, `--max-completion-tokens` |
+
+A bound never matches a call whose value is unknown (no latency recorded, no usage in the answer).
+The same filter is `flywheel.CallFilter` in Python; `flywheel.query(...)` applies it
+(`.count()`, iteration, `.to_pandas()`).
 
 TIME is an ISO date (`2024-05-01`, midnight UTC), an ISO datetime (`2024-05-01T12:00`, UTC unless it
 carries an offset such as `+02:00` or `Z`), or a time ago: a number and a unit, `s`, `m`, `h`, `d`
@@ -69,8 +77,8 @@ An error is one line on stderr, `flywheel: error: <what> (<where>)`, where `<whe
 (`--since`), the file, or the store's URL (without its password). For example:
 
 ```text
-$ flywheel logs --tag prod
-flywheel: error: invalid tag 'prod': expected KEY=VALUE, e.g. prompt_id=classify (--tag)
+$ flywheel logs --min-tokens 500 --max-tokens 100
+flywheel: error: empty range: minimum 500 is above maximum 100 (--min-tokens/--max-tokens)
 $ flywheel logs --db sqlite:///nowhere.db
 flywheel: error: no store here yet; run 'flywheel migrate' to create it (sqlite:///nowhere.db)
 $ flywheel migrate --db postgresql+psycopg://app:secret@db:5432/fw

@@ -107,8 +107,35 @@ def json_option(command: F) -> F:
     )
 
 
+_BOUND_OPTIONS = (
+    ("--min-latency", "min_latency_ms", click.FLOAT, "MS", "Only calls that took at least MS milliseconds."),
+    ("--max-latency", "max_latency_ms", click.FLOAT, "MS", "Only calls that took at most MS milliseconds."),
+    ("--min-tokens", "min_tokens", click.INT, "N", "Only calls that used at least N tokens in total."),
+    ("--max-tokens", "max_tokens", click.INT, "N", "Only calls that used at most N tokens in total."),
+    ("--min-prompt-tokens", "min_prompt_tokens", click.INT, "N", "Only calls with at least N prompt tokens."),
+    ("--max-prompt-tokens", "max_prompt_tokens", click.INT, "N", "Only calls with at most N prompt tokens."),
+    (
+        "--min-completion-tokens",
+        "min_completion_tokens",
+        click.INT,
+        "N",
+        "Only calls with at least N completion tokens.",
+    ),
+    (
+        "--max-completion-tokens",
+        "max_completion_tokens",
+        click.INT,
+        "N",
+        "Only calls with at most N completion tokens.",
+    ),
+)
+"""Numeric bounds: (option, CallFilter field, type, metavar, help). Bounds are inclusive; a call
+whose value is unknown (no latency, no usage) never matches one."""
+
+
 def filter_options(command: F) -> F:
     """The common filter options; the command receives them as one ``call_filter: CallFilter``."""
+    bound_fields = [field for _, field, *_ in _BOUND_OPTIONS]
 
     @functools.wraps(command)
     def with_filter(
@@ -119,10 +146,19 @@ def filter_options(command: F) -> F:
         since: str | None,
         until: str | None,
         status: str | None,
+        search: str | None,
         **kwargs: Any,
     ) -> Any:
+        bounds = {field: kwargs.pop(field) for field in bound_fields}
         call_filter = CallFilter.from_options(
-            tags=tags, model=model, endpoint=endpoint, since=since, until=until, status=status
+            tags=tags,
+            model=model,
+            endpoint=endpoint,
+            since=since,
+            until=until,
+            status=status,
+            search=search,
+            **bounds,
         )
         return command(*args, call_filter=call_filter, **kwargs)
 
@@ -131,8 +167,9 @@ def filter_options(command: F) -> F:
             "--tag",
             "tags",
             multiple=True,
-            metavar="KEY=VALUE",
-            help="Only calls with this tag; repeat to require several (all must match).",
+            metavar="KEY[=VALUE]",
+            help="Only calls with this tag: KEY=VALUE for that value (KEY= for the empty value), KEY "
+            "alone for any value. Repeat to require several (all must match).",
         ),
         click.option("--model", metavar="NAME", help="Only calls to this model (exact name)."),
         click.option(
@@ -144,6 +181,16 @@ def filter_options(command: F) -> F:
             "--status",
             type=click.Choice(["ok", "error"]),
             help="ok: HTTP 2xx/3xx; error: HTTP 4xx/5xx or no response (timeout, connection error).",
+        ),
+        click.option(
+            "--search",
+            metavar="TEXT",
+            help="Only calls with TEXT in a string of the request or response body (message "
+            "content, tool arguments; not JSON keys). Case-insensitive; % and _ are plain characters.",
+        ),
+        *(
+            click.option(option, field, type=kind, metavar=metavar, help=text)
+            for option, field, kind, metavar, text in _BOUND_OPTIONS
         ),
     ]
     for option in reversed(options):

@@ -27,7 +27,7 @@ from sqlalchemy.sql import ColumnElement, FromClause
 from sdk.schema import call_tags, calls
 
 from .errors import UsageError
-from .query import CallFilter, connect, filter_conditions
+from .query import TOTAL_TOKENS, CallFilter, connect, filter_conditions
 
 __all__ = ["GROUP_KEYS", "PERCENTILES", "call_stats", "percentile"]
 
@@ -91,15 +91,12 @@ def call_stats(
     is_error = sa.or_(calls.c.status_code.is_(None), calls.c.status_code >= 400)
     # Errors usually carry neither usage nor cost; a call is unpriced when it used tokens but has no cost.
     unpriced = sa.and_(calls.c.cost_usd.is_(None), calls.c.prompt_tokens.is_not(None))
-    total_tokens = sa.func.coalesce(
-        calls.c.total_tokens, calls.c.prompt_tokens + sa.func.coalesce(calls.c.completion_tokens, 0)
-    )
     measures: list[ColumnElement[Any]] = [
         sa.func.count().label("calls"),
         sa.func.sum(sa.case((is_error, 1), else_=0)).label("errors"),
         sa.func.sum(calls.c.prompt_tokens).label("prompt_tokens"),
         sa.func.sum(calls.c.completion_tokens).label("completion_tokens"),
-        sa.func.sum(total_tokens).label("total_tokens"),
+        sa.func.sum(TOTAL_TOKENS).label("total_tokens"),
         sa.func.sum(calls.c.cost_usd).label("cost_usd"),
         sa.func.sum(sa.case((unpriced, 1), else_=0)).label("unpriced_calls"),
     ]

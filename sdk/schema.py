@@ -10,6 +10,10 @@ Design:
 - ``call_tags`` is a key/value table, indexed on (key, value) for filtering.
 - Views (``SQL_VIEWS``) turn the common questions into one-liners; they are dialect-specific SQL
   created by the migrations.
+- The flywheel's tables (``datasets`` and the rest) are written by the ``flywheel`` library only,
+  never by the SDK. A dataset refers to its calls instead of copying them; what changes about an
+  entry (dedup, split, relabeled or edited outputs) is added as new rows tagged with the dataset
+  version that made the change, never updated in place, so any past version can be rebuilt.
 
 Changing anything here needs a new Alembic revision in ``migrations/versions``; a test checks that
 ``upgrade head`` on an empty database matches this metadata.
@@ -40,7 +44,18 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-__all__ = ["SQL_VIEWS", "RawJSON", "call_tags", "calls", "metadata"]
+__all__ = [
+    "SQL_VIEWS",
+    "RawJSON",
+    "call_tags",
+    "calls",
+    "dataset_entries",
+    "dataset_versions",
+    "datasets",
+    "entry_outputs",
+    "exports",
+    "metadata",
+]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -162,6 +177,80 @@ call_tags = Table(
     Index(None, "key", "value"),
     # SQLite: rows live in the primary-key b-tree (no separate rowid table); see migration 0002.
     sqlite_with_rowid=False,
+)
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True, comment="What commands call it by."),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("filter", RawJSON(), nullable=False, comment="The CallFilter that selects its calls (JSON)."),
+    Column(
+        "settings",
+        RawJSON(),
+        nullable=False,
+        comment="Dedup, split and pruning rules (JSON), as changed by the dataset's steps.",
+    ),
+    Column("version", Integer, nullable=False, default=0, comment="Its newest version."),
+)
+
+dataset_versions = Table(
+    "dataset_versions",
+    metadata,
+    Column("dataset_id", Integer, ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True),
+    Column("version", Integer, primary_key=True, comment="1, 2, ... per dataset."),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("action", String(32), nullable=False, comment="create, update, dedup, relabel, review, ..."),
+    Column("details", RawJSON(), nullable=False, comment="What the step did: counts, parameters (JSON)."),
+)
+
+dataset_entries = Table(
+    "dataset_entries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset_id", Integer, ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "call_id",
+        String(32),
+        ForeignKey("calls.id", ondelete="RESTRICT"),
+        nullable=False,
+        comment="The call whose input (and original output) this entry is.",
+    ),
+    Column("added_in", Integer, nullable=False, comment="Dataset version that added it."),
+    Column("removed_in", Integer, nullable=True, comment="Dataset version that took it out (dedup)."),
+    Column("removed_reason", String(32), nullable=True, comment="duplicate, near_duplicate, ..."),
+    Column("cluster_key", String(64), nullable=True, comment="Dedup cluster; decides the split side."),
+    Column("first_exported_in", Integer, nullable=True, comment="Dataset version of its first export."),
+    Index(None, "dataset_id", "call_id", unique=True),
+    Index(None, "call_id"),
+)
+
+entry_outputs = Table(
+    "entry_outputs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("entry_id", Integer, ForeignKey("dataset_entries.id", ondelete="CASCADE"), nullable=False),
+    Column("version", Integer, nullable=False, comment="Dataset version that made this output."),
+    Column("source", String(16), nullable=False, comment="relabel (a teacher model) or human (review)."),
+    Column("model", String(256), nullable=True, comment="Teacher model, for relabels."),
+    Column("call_id", String(32), nullable=True, comment="The teacher's recorded call, for relabels."),
+    Column("output", RawJSON(), nullable=False, comment="The assistant message (JSON)."),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("note", Text, nullable=True),
+    Index(None, "entry_id", "version"),
+)
+
+exports = Table(
+    "exports",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset_id", Integer, ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False),
+    Column("version", Integer, nullable=False, comment="Dataset version exported."),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("out_dir", Text, nullable=False),
+    Column("manifest", RawJSON(), nullable=False, comment="manifest.json as written."),
+    Index(None, "dataset_id", "version"),
 )
 
 # Views, per dialect. Kept as SQL text: they are created by the migrations and documented in

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from alembic.script import ScriptDirectory
 from click.testing import CliRunner, Result
 from test_query import call_row, insert_calls, migrated
 
@@ -122,14 +123,21 @@ def test_cli_docs_are_up_to_date() -> None:
 # --- migrate -------------------------------------------------------------------------------------
 
 
+def all_revisions(url: str) -> list[str]:
+    """Every revision in migrations/versions, oldest first, read by Alembic from the files."""
+    script = ScriptDirectory.from_config(_migrate.alembic_config(url))
+    return [revision.revision for revision in reversed(list(script.walk_revisions()))]
+
+
 def test_migrate_from_empty_then_again_and_dry_run(db_url: str) -> None:
     head = _migrate.head_revision()
+    revisions = all_revisions(db_url)
     dry = ok("migrate", "--db", db_url, "--dry-run")
-    assert head in dry.stdout and "Would apply 1 migration" in dry.stdout
+    assert head in dry.stdout and f"Would apply {len(revisions)} migration" in dry.stdout
     assert _migrate.current_revision(db_url) is None  # a dry run changes nothing
     if db_url.startswith("sqlite"):
         assert not Path(db_url.removeprefix("sqlite:///")).exists()
-    assert json_lines(ok("migrate", "--db", db_url, "--dry-run", "--json"))[0]["pending"] == [head]
+    assert json_lines(ok("migrate", "--db", db_url, "--dry-run", "--json"))[0]["pending"] == revisions
 
     first = ok("migrate", "--db", db_url)
     assert f"(empty) -> {head}" in first.stdout
@@ -146,7 +154,8 @@ def test_migrate_from_empty_then_again_and_dry_run(db_url: str) -> None:
 
 def test_migrate_library_functions(db_url: str) -> None:
     head = _migrate.head_revision()
-    assert pending_migrations(db_url) == [head]
+    assert pending_migrations(db_url) == all_revisions(db_url)
+    assert all_revisions(db_url)[-1] == head
     assert migrate(db_url) == MigrationResult(before=None, after=head)
     assert migrate(db_url) == MigrationResult(before=head, after=head)
     assert not migrate(db_url).changed
@@ -197,8 +206,11 @@ def test_an_invalid_url_is_a_usage_error() -> None:
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--tag", "prompt_id"], ["'prompt_id'", "KEY=VALUE", "(--tag)"]),
-        (["--tag", "=classify"], ["'=classify'", "(--tag)"]),
+        (["--tag", "=classify"], ["'=classify'", "KEY=VALUE or KEY", "(--tag)"]),
+        (["--min-latency", "-5"], ["-5", "greater than or equal to 0", "(--min-latency)"]),
+        (["--max-tokens", "lots"], ["'lots'", "--max-tokens"]),
+        (["--min-tokens", "50", "--max-tokens", "10"], ["50", "(--min-tokens/--max-tokens)"]),
+        (["--min-completion-tokens", "-1"], ["(--min-completion-tokens)"]),
         (["--since", "yesterday"], ["'yesterday'", "30m", "(--since)"]),
         (["--until", "2024-02-30"], ["'2024-02-30'", "(--until)"]),
         (["--since", "1h", "--until", "2h"], ["(--since/--until)"]),
@@ -311,6 +323,32 @@ def test_logs_json_lines_with_filters(store: tuple[str, datetime]) -> None:
     assert [c["model"] for c in window] == ["gpt-4o"]
     assert json_lines(ok("logs", "--db", url, "--json", "--limit", "1")) == calls[:1]
     assert ok("logs", "--db", url, "--json", "--model", "nothing").stdout == ""
+
+
+def test_logs_with_tag_presence_search_and_bounds(store: tuple[str, datetime]) -> None:
+    url, _ = store
+
+    def ids(*args: str) -> list[Any]:
+        return [c["status_code"] for c in json_lines(ok("logs", "--db", url, "--json", *args))]
+
+    assert ids("--tag", "env") == [200, 429, None]  # has the tag, any value
+    assert ids("--tag", "env", "--tag", "prompt_id") == [200, 429]
+    assert ids("--tag", "env=") == []  # the empty value, which no call has
+    assert ids("--search", "TICKET about") == [200]
+    assert ids("--search", "%") == []  # literal, not a wildcard
+    assert ids("--search", "tuesday") == [200]  # found in the response of the gpt-4o call
+    assert ids("--min-latency", "800", "--max-latency", "2350") == [200, 200]
+    assert ids("--min-latency", "2000") == [200]
+    assert ids("--max-tokens", "14") == []
+    assert ids("--min-tokens", "15", "--max-tokens", "15", "--min-prompt-tokens", "12") == [200, 200]
+    assert ids("--max-completion-tokens", "2") == []
+
+
+def test_stats_accept_the_new_filters(store: tuple[str, datetime]) -> None:
+    url, _ = store
+    (group,) = json_lines(ok("stats", "--db", url, "--json", "--search", "billing", "--tag", "env"))
+    assert group["model"] == "gpt-4o-mini" and group["calls"] == 1
+    assert ok("stats", "--db", url, "--min-latency", "5000").stderr.strip() == "No calls match."
 
 
 def test_logs_full_json_has_parsed_bodies(store: tuple[str, datetime]) -> None:

@@ -6,17 +6,22 @@ shared with ``test_stats.py`` and ``test_cli.py``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import sqlalchemy as sa
+from pydantic import ValidationError
+from sqlalchemy.dialects import postgresql, sqlite
 
+import flywheel
 from flywheel.errors import BadFilterError
-from flywheel.query import CallFilter, filter_calls, parse_tag, parse_time
+from flywheel.query import CallFilter, filter_calls, format_tag, parse_tag, parse_time
 from sdk import _migrate
 from sdk.schema import call_tags, calls
 
@@ -132,10 +137,14 @@ def migrated(url: str) -> str:
 def test_parse_tag_splits_at_the_first_equals_sign() -> None:
     assert parse_tag("prompt_id=classify") == ("prompt_id", "classify")
     assert parse_tag("query=a=b") == ("query", "a=b")
-    assert parse_tag("empty=") == ("empty", "")
+    assert parse_tag("empty=") == ("empty", "")  # KEY= is the empty value...
+    assert parse_tag("prompt_id") == ("prompt_id", None)  # ...KEY alone is "has the tag"
+    assert parse_tag(" env ") == ("env", None)
+    for key, value in [("a", "b"), ("a", ""), ("a", None), ("q", "x=y")]:
+        assert parse_tag(format_tag(key, value)) == (key, value)
 
 
-@pytest.mark.parametrize("text", ["prompt_id", "=value", "", " =x"])
+@pytest.mark.parametrize("text", ["=value", "", " =x", "  "])
 def test_parse_tag_rejects_text_without_key(text: str) -> None:
     with pytest.raises(BadFilterError) as caught:
         parse_tag(text)
@@ -207,6 +216,8 @@ def test_call_filter_from_options_resolves_relative_times_against_one_now() -> N
         model="gpt-4o",
         since=NOW - timedelta(hours=2),
         until=NOW - timedelta(hours=1),
+        since_relative="2h",
+        until_relative="1h",
         status="error",
     )
     assert call_filter.as_dict() == {
@@ -215,7 +226,10 @@ def test_call_filter_from_options_resolves_relative_times_against_one_now() -> N
         "status": "error",
         "since": "2024-05-10T10:00:00+00:00",
         "until": "2024-05-10T11:00:00+00:00",
+        "since_relative": "2h",
+        "until_relative": "1h",
     }
+    assert CallFilter.model_validate(call_filter.as_dict()) == call_filter
 
 
 def test_call_filter_rejects_an_empty_time_range_and_a_bad_status() -> None:
@@ -357,3 +371,250 @@ def test_filters_combined(store: tuple[str, dict[str, str], datetime]) -> None:
         tags=["prompt_id=classify", "env=prod"], status="error", since="30d", until="1d", now=now
     )
     assert matching(url, narrower) == names(ids, "old_500")
+
+
+# --- the model: validation, JSON round trip, relative times (pure) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("criteria", "option", "fragment"),
+    [
+        ({"status": "fine"}, "--status", "'fine'"),
+        ({"min_latency_ms": -1}, "--min-latency", "greater than or equal to 0"),
+        ({"max_latency_ms": float("nan")}, "--max-latency", "finite"),
+        ({"min_tokens": -5}, "--min-tokens", "-5"),
+        ({"max_prompt_tokens": 1.5}, "--max-prompt-tokens", "integer"),
+        ({"min_completion_tokens": "many"}, "--min-completion-tokens", "'many'"),
+        ({"min_tokens": 50, "max_tokens": 10}, "--min-tokens/--max-tokens", "50"),
+        ({"min_latency_ms": 9.5, "max_latency_ms": 2}, "--min-latency/--max-latency", "9.5"),
+        ({"search": ""}, "--search", "at least 1 character"),
+        ({"tags": [("", "x")]}, "--tag", "must not be empty"),
+        ({"tags": 5}, "--tag", "5"),
+        ({"tags": ["=x"]}, "--tag", "'=x'"),
+        ({"since": "yesterday"}, "--since", "'yesterday'"),
+        ({"since_relative": "2024-05-01"}, "--since", "time ago"),
+        ({"until": "1w", "since": "1d"}, "--since/--until", "not before"),
+        ({"colour": "red"}, "colour", "unknown filter criterion 'colour'"),
+    ],
+)
+def test_invalid_criteria_raise_one_line_naming_the_option(
+    criteria: dict[str, Any], option: str, fragment: str
+) -> None:
+    with pytest.raises(BadFilterError) as caught:
+        CallFilter.model_validate(criteria)
+    assert caught.value.where == option
+    assert fragment in caught.value.message
+    assert "\n" not in str(caught.value)
+    with pytest.raises(BadFilterError):  # the constructor converts the same way
+        CallFilter(**criteria)
+
+
+def test_tags_accept_mappings_and_option_text_and_convert_like_the_sdk() -> None:
+    expected = (("prompt_id", "classify"), ("env", None), ("v", "2"), ("beta", "true"))
+    mapping = {"prompt_id": "classify", "env": None, "v": 2, "beta": True}
+    assert CallFilter.model_validate({"tags": mapping}).tags == expected
+    assert (
+        CallFilter.model_validate({"tags": ["prompt_id=classify", "env", "v=2", "beta=true"]}).tags
+        == expected
+    )
+    assert CallFilter.model_validate({"tags": "env"}).tags == (("env", None),)
+    assert flywheel.query(tags=mapping).call_filter.tags == expected
+
+
+def test_the_model_is_frozen_and_hashable() -> None:
+    call_filter = CallFilter(model="gpt-4o")
+    with pytest.raises(ValidationError):
+        call_filter.model = "other"
+    assert hash(call_filter) == hash(CallFilter(model="gpt-4o"))
+    assert call_filter.replace(model="x") == CallFilter(model="x")
+    with pytest.raises(BadFilterError):
+        call_filter.replace(min_tokens=-1)  # replace validates, unlike model_copy
+
+
+def test_json_round_trip_rebuilds_the_filter_exactly() -> None:
+    call_filter = CallFilter.from_options(
+        tags=["prompt_id=classify", "reviewed", "note="],
+        model="gpt-4o",
+        endpoint="chat/completions",
+        since="30d",
+        until="2024-05-10T11:30:00.123456+02:00",
+        status="ok",
+        search='say "hi" for 50% €',
+        min_latency_ms=12.5,
+        max_latency_ms=900,
+        min_tokens=1,
+        max_tokens=4000,
+        min_prompt_tokens=0,
+        max_completion_tokens=512,
+        now=NOW,
+    )
+    stored = orjson.dumps(call_filter.model_dump(mode="json"))
+    assert CallFilter.model_validate(orjson.loads(stored)) == call_filter
+    assert CallFilter.model_validate_json(call_filter.model_dump_json()) == call_filter
+    # Loaded later, the stored filter still means the same absolute window.
+    again = CallFilter.model_validate(orjson.loads(stored), context={"now": NOW + timedelta(days=3)})
+    assert again.since == NOW - timedelta(days=30)
+    assert again.since_relative == "30d"
+    assert again.until == datetime(2024, 5, 10, 9, 30, 0, 123456, tzinfo=UTC)
+
+
+def test_refreshed_resolves_relative_times_again_and_keeps_absolute_ones() -> None:
+    call_filter = CallFilter.from_options(since="30d", until="2024-05-09", model="m", now=NOW)
+    later = NOW + timedelta(days=2)
+    refreshed = CallFilter.from_options(since="30d", now=NOW).refreshed(later)
+    assert refreshed.since == later - timedelta(days=30)
+    assert refreshed.since_relative == "30d"
+    kept = call_filter.refreshed(later)
+    assert kept.until == datetime(2024, 5, 9, tzinfo=UTC) and kept.model == "m"
+    assert CallFilter(model="m").refreshed(later) == CallFilter(model="m")
+    # A relative text given alone is resolved when the filter is made.
+    assert CallFilter.model_validate({"until_relative": "1h"}, context={"now": NOW}).until == NOW - timedelta(
+        hours=1
+    )
+
+
+def test_replacing_a_bound_drops_its_relative_text() -> None:
+    call_filter = CallFilter.from_options(since="7d", now=NOW)
+    replaced = call_filter.replace(since=datetime(2024, 1, 1, tzinfo=UTC))
+    assert replaced.since_relative is None
+    assert replaced.refreshed(NOW + timedelta(days=1)).since == datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("needle", ["%", "_", "'; DROP TABLE calls; --", "50%_off\\"])
+def test_search_and_bounds_are_bound_parameters(needle: str) -> None:
+    statement = filter_calls(
+        sa.select(calls.c.id),
+        CallFilter(search=needle, min_latency_ms=1.5, max_tokens=77, tags=(("k", None),)),
+    )
+    for dialect in (sqlite.dialect(), postgresql.dialect()):
+        compiled = statement.compile(dialect=dialect)
+        assert "DROP" not in str(compiled) and "50" not in str(compiled) and "77" not in str(compiled)
+        assert 1.5 in compiled.params.values() and 77 in compiled.params.values()
+
+
+# --- the new criteria on a real store -------------------------------------------------------------
+
+
+@pytest.fixture
+def varied(db_url: str) -> tuple[str, dict[str, str]]:
+    """Calls that differ in body text, latency, tokens and tags; returns (url, name -> call id)."""
+    at = NOW - timedelta(hours=1)
+    escaped = call_row(at=at, prompt="Straße \u00e9t\u00e9 \U0001f600", latency_ms=None)
+    # Stored as json.dumps(ensure_ascii=True) would write it: non-ASCII as \\uXXXX escapes.
+    escaped["request"] = json.dumps(orjson.loads(escaped["request"]))
+    rows = {
+        "percent": call_row(at=at, prompt="Get 50% off today", latency_ms=80.0, prompt_tokens=10),
+        "underscore": call_row(at=at, prompt="call get_weather", reply="ok", latency_ms=250.0),
+        # What % and _ would also match if they were wildcards.
+        "wildcard_bait": call_row(at=at, prompt="Get 50 percent off, call getXweather", latency_ms=None),
+        "hostile": call_row(
+            at=at, prompt="x'; DROP TABLE calls; --", prompt_tokens=400, completion_tokens=100
+        ),
+        "quoted": call_row(at=at, prompt='She said "bonjour"', reply="Crème brûlée", tags={"reviewed": ""}),
+        "escaped": escaped,
+        "upper": call_row(at=at, prompt="The PARIS agreement", tags={"reviewed": "yes"}, completion_tokens=0),
+        "no_usage": call_row(at=at, status=None, tags={"env": "prod"}),
+        "plain": call_row(at=at, prompt="hello", tags={"env": "prod", "reviewed": "no"}),
+    }
+    url = migrated(db_url)
+    insert_calls(url, rows.values())
+    return url, {name: row["id"] for name, row in rows.items()}
+
+
+def test_tag_presence_and_the_empty_value(varied: tuple[str, dict[str, str]]) -> None:
+    url, ids = varied
+    assert matching(url, CallFilter.from_options(tags=["reviewed"])) == names(ids, "quoted", "upper", "plain")
+    assert matching(url, CallFilter.from_options(tags=["reviewed="])) == names(ids, "quoted")
+    assert matching(url, CallFilter.from_options(tags=["reviewed", "env=prod"])) == names(ids, "plain")
+    assert matching(url, CallFilter.from_options(tags=["reviewed", "env"])) == names(ids, "plain")
+    assert matching(url, CallFilter.from_options(tags=["nothing"])) == set()
+
+
+@pytest.mark.parametrize(
+    ("needle", "expected"),
+    [
+        ("50% off", {"percent"}),
+        ("%", {"percent"}),  # a literal percent sign, not "anything"
+        ("get_weather", {"underscore"}),  # a literal underscore, not "any character"
+        ("get%weather", set()),
+        ("'; DROP TABLE calls; --", {"hostile"}),
+        ('said "bonjour"', {"quoted"}),  # quotes are \\" in the stored JSON
+        ("CRèME BRûLéE", {"quoted"}),  # ASCII letters fold on both databases (all letters on PostgreSQL)
+        ("straße", {"escaped"}),  # stored as Stra\\u00dfe
+        ("\U0001f600", {"escaped"}),  # a surrogate pair in the stored JSON
+        ("the paris AGREEMENT", {"upper"}),
+        ("PARIS AGREEMENT", {"upper"}),
+        ("Rate limit", set()),
+        ("no such text anywhere", set()),
+    ],
+)
+def test_search_is_a_literal_case_insensitive_substring_of_the_bodies(
+    varied: tuple[str, dict[str, str]], needle: str, expected: set[str]
+) -> None:
+    url, ids = varied
+    assert matching(url, CallFilter(search=needle)) == names(ids, *expected)
+
+
+def test_search_looks_in_string_values_not_in_keys_or_json_syntax(varied: tuple[str, dict[str, str]]) -> None:
+    url, ids = varied
+    assert matching(url, CallFilter(search="_")) == names(ids, "underscore")  # not "finish_reason"
+    assert matching(url, CallFilter(search="finish_reason")) == set()
+    assert matching(url, CallFilter(search='"content":')) == set()
+    assert matching(url, CallFilter(search="\\")) == set()  # only the stored text has backslashes
+    stop = matching(url, CallFilter(search="stop"))  # the value of finish_reason does match
+    assert stop == set(ids.values()) - names(ids, "no_usage")
+
+
+def test_search_in_a_body_that_is_not_json_on_sqlite(tmp_path: Path) -> None:
+    url = migrated(f"sqlite:///{tmp_path / 'store.db'}")
+    row = call_row(at=NOW)
+    row["request"] = "<binary body: 2048 bytes of audio/wav>"
+    insert_calls(url, [row])
+    assert matching(url, CallFilter(search="AUDIO/wav")) == {row["id"]}
+    assert matching(url, CallFilter(search="Paris")) == {row["id"]}  # the response is JSON
+    assert matching(url, CallFilter(search="video")) == set()
+
+
+def test_search_finds_text_in_the_response_and_the_table_survives(varied: tuple[str, dict[str, str]]) -> None:
+    url, ids = varied
+    assert matching(url, CallFilter(search="brûlée")) == names(ids, "quoted")  # only in the reply
+    assert matching(url, CallFilter(search="Paris.")) >= names(ids, "percent", "plain")  # the default reply
+    assert len(matching(url, CallFilter())) == len(ids)  # '; DROP TABLE' was only ever a value
+
+
+def test_latency_bounds_are_inclusive_and_skip_unknown_values(varied: tuple[str, dict[str, str]]) -> None:
+    url, ids = varied
+    assert matching(url, CallFilter(max_latency_ms=80)) == names(ids, "percent")
+    assert matching(url, CallFilter(min_latency_ms=250)) == names(ids, "underscore")
+    unknown = names(ids, "escaped", "wildcard_bait")  # no latency recorded
+    assert matching(url, CallFilter(min_latency_ms=80, max_latency_ms=250)) == set(ids.values()) - unknown
+    assert matching(url, CallFilter(min_latency_ms=80.5, max_latency_ms=249.5)) == (
+        set(ids.values()) - unknown - names(ids, "percent", "underscore")  # the 120 ms calls
+    )
+    assert matching(url, CallFilter(min_latency_ms=0)) == set(ids.values()) - unknown
+
+
+def test_token_bounds_total_prompt_and_completion(varied: tuple[str, dict[str, str]]) -> None:
+    url, ids = varied
+    # Default rows: 12 prompt + 3 completion tokens; "percent" 10 + 3; "hostile" 400 + 100; "upper" 12 + 0.
+    assert matching(url, CallFilter(min_tokens=500)) == names(ids, "hostile")
+    assert matching(url, CallFilter(max_tokens=13)) == names(ids, "percent", "upper")
+    assert matching(url, CallFilter(min_tokens=13, max_tokens=13)) == names(ids, "percent")
+    assert matching(url, CallFilter(max_prompt_tokens=10)) == names(ids, "percent")
+    assert matching(url, CallFilter(min_prompt_tokens=400, max_prompt_tokens=400)) == names(ids, "hostile")
+    assert matching(url, CallFilter(max_completion_tokens=0)) == names(ids, "upper")
+    assert matching(url, CallFilter(min_completion_tokens=100)) == names(ids, "hostile")
+    # A call without usage (a timeout) matches no token bound, not even min_tokens=0.
+    assert ids["no_usage"] not in matching(url, CallFilter(min_tokens=0))
+    assert matching(url, CallFilter(min_tokens=0)) == set(ids.values()) - names(ids, "no_usage")
+
+
+def test_new_criteria_combine_with_the_others(varied: tuple[str, dict[str, str]]) -> None:
+    url, ids = varied
+    combined = CallFilter.from_options(
+        tags=["reviewed"], search="paris", status="ok", max_tokens=20, min_completion_tokens=0, now=NOW
+    )
+    assert matching(url, combined) == names(ids, "upper", "plain")  # "plain" has the reply Paris.
+    window = combined.replace(since=NOW - timedelta(hours=2), until=NOW - timedelta(minutes=30))
+    assert matching(url, window) == names(ids, "upper", "plain")
+    assert matching(url, combined.replace(since=NOW - timedelta(minutes=30))) == set()

@@ -1,0 +1,468 @@
+"""``flywheel export``: a dataset version as train/test JSONL in OpenAI's fine-tuning format.
+
+Writes into ``out_dir``:
+
+- ``train.jsonl`` / ``test.jsonl``: one chat example per entry (``{"messages": [...], "tools": ...}``);
+- ``preference_train.jsonl`` / ``preference_test.jsonl``: a DPO example per entry that has both its
+  original output and a newer one (relabeled or edited), newer preferred; only when there are any;
+- ``manifest.json``: dataset name and version, filter, rules, counts, the call ids on each side and
+  the files' sha256, enough to check or rebuild the export.
+
+Invariants:
+- The split is ``flywheel.split.stable_split`` of each entry's cluster key (its dedup cluster, else
+  its input hash, else its call id), so exporting again after the dataset grew puts every entry on
+  the side it was on, and near-duplicates never straddle the split. The split rules are stored on
+  the dataset at its first export and reused; passing other ones changes them (and says so).
+- Nothing is written to ``out_dir`` unless the files pass ``flywheel.validate`` (or, with
+  ``skip_invalid``, the entries that do not are left out and listed): the files are written to a
+  temporary directory beside it, validated as written, then moved in, the manifest last. Entries
+  are streamed from the database; memory holds one batch of rows plus the call ids per side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sdk.schema import call_tags, calls, dataset_entries, datasets, entry_outputs, exports
+
+from . import __version__
+from .datasets import entries_at, require_dataset, write_transaction
+from .errors import FlywheelError
+from .finetune_format import (
+    TrainOn,
+    UnconvertibleCallError,
+    chat_example,
+    output_message,
+    preference_example,
+    prune_rule_from_dict,
+)
+from .query import connect
+from .split import DEFAULT_TEST_FRACTION, Side, stable_split
+from .validate import MIN_EXAMPLES, Issue, ValidationReport, validate_dataset
+
+__all__ = ["ExportError", "ExportResult", "SplitRules", "export_dataset"]
+
+BATCH_ROWS = 1000
+MAX_ISSUES_SHOWN = 20
+
+
+class ExportError(FlywheelError):
+    """The export did not pass validation; nothing was written. ``issues`` says which entries and why."""
+
+    def __init__(self, message: str, where: str | None, issues: Sequence[Issue]) -> None:
+        super().__init__(message, where)
+        self.issues = list(issues)
+
+
+@dataclass(frozen=True, slots=True)
+class SplitRules:
+    """How entries are assigned to train and test; stored on the dataset at its first export."""
+
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    stratify_by: str | None = None
+    """A tag key: each value of it gets the test fraction (in expectation)."""
+    salt: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"test_fraction": self.test_fraction, "stratify_by": self.stratify_by, "salt": self.salt}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SplitRules:
+        return cls(
+            test_fraction=float(data.get("test_fraction", DEFAULT_TEST_FRACTION)),
+            stratify_by=data.get("stratify_by"),
+            salt=str(data.get("salt", "")),
+        )
+
+
+@dataclass(slots=True)
+class ExportResult:
+    """What ``export_dataset`` wrote (or, with ``dry_run``, would write)."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+    report: dict[str, ValidationReport] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self.manifest["counts"])
+
+    def as_dict(self) -> dict[str, Any]:
+        manifest = {key: value for key, value in self.manifest.items() if key != "splits"}
+        return {"out_dir": str(self.out_dir), **manifest}
+
+
+@dataclass(slots=True)
+class _Side:
+    """One side's files as they are written: handles, call ids, DPO count."""
+
+    chat: IO[bytes]
+    preference: IO[bytes]
+    call_ids: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    preference_labels: list[str] = field(default_factory=list)
+
+
+def export_dataset(
+    database_url: str,
+    name: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    split: SplitRules | None = None,
+    train_on: TrainOn = "all",
+    base_model: str | None = None,
+    token_limit: int | None = None,
+    min_examples: int = MIN_EXAMPLES,
+    skip_invalid: bool = False,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> ExportResult:
+    """Export dataset ``name`` at its newest version into ``out_dir`` (created if needed).
+
+    ``split`` replaces the stored split rules (the first export stores the defaults: 10 % test,
+    no stratification). ``base_model`` selects the token limit per example (or ``token_limit``).
+    Raises ``ExportError`` listing the invalid entries unless ``skip_invalid``; ``dry_run``
+    validates and counts but writes nothing and records nothing.
+    """
+    target = Path(out_dir)
+    moment = now.astimezone(UTC) if now is not None else datetime.now(UTC)
+    with connect(database_url) as conn:
+        dataset = require_dataset(conn, name)
+        settings = orjson.loads(dataset.settings)
+        rules = split or SplitRules.from_dict(settings.get("split", {}))
+        prune_rules = [prune_rule_from_dict(rule) for rule in settings.get("prune_rules", [])]
+        target.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=".flywheel-export-", dir=target))
+        try:
+            sides, skipped = _write_examples(conn, dataset, rules, train_on, prune_rules, workdir)
+            reports = _validate(workdir, sides, base_model, token_limit, min_examples)
+            notes = _drop_thin_preferences(workdir, sides, reports)
+            errors = [issue for report in reports.values() for issue in report.errors]
+            if errors and not skip_invalid:
+                raise _invalid(errors, name)
+            if errors:
+                sides, extra = _drop_invalid(workdir, sides, errors)
+                skipped.extend(extra)
+                reports = _validate(workdir, sides, base_model, token_limit, min_examples)
+                notes += _drop_thin_preferences(workdir, sides, reports)
+                still = [issue for report in reports.values() for issue in report.errors]
+                if still:  # a dataset-level problem (too few examples) that skipping cannot fix
+                    raise _invalid(still, name)
+            manifest = _manifest(dataset, settings, rules, train_on, prune_rules, base_model, sides, skipped)
+            manifest["created_at"] = moment.isoformat()
+            manifest["files"] = _file_facts(workdir)
+            manifest["validation"] = {side: report.as_dict() for side, report in reports.items()}
+            manifest["notes"] = notes
+            if dry_run:
+                return ExportResult(target, manifest, reports)
+            (workdir / "manifest.json").write_bytes(
+                orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+            )
+            _move_into_place(workdir, target)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        with write_transaction(conn):
+            _record_export(conn, dataset, settings, rules, target, manifest, moment)
+        return ExportResult(target, manifest, reports)
+
+
+# --- reading and writing ---------------------------------------------------------------------------
+
+
+def _entries(conn: Connection, dataset: sa.Row[Any], stratify_by: str | None) -> Iterator[sa.Row[Any]]:
+    """The dataset's entries at its newest version, oldest call first, with what an example needs."""
+    e, o, c = dataset_entries.c, entry_outputs.c, calls.c
+    later = entry_outputs.alias("later")
+    newest_output = (
+        sa.select(sa.func.max(later.c.id))
+        .where(later.c.entry_id == e.id, later.c.version <= dataset.version)
+        .correlate(dataset_entries)
+        .scalar_subquery()
+    )
+    columns: list[Any] = [
+        e.id,
+        e.call_id,
+        e.cluster_key,
+        c.input_hash,
+        c.request,
+        c.response,
+        entry_outputs.c.output,
+        entry_outputs.c.source,
+    ]
+    statement = (
+        sa.select(*columns)
+        .select_from(dataset_entries.join(calls, calls.c.id == e.call_id))
+        .outerjoin(entry_outputs, o.id == newest_output)
+        .where(entries_at(dataset.id, dataset.version))
+        .order_by(e.call_id)
+    )
+    if stratify_by is not None:
+        stratum = (
+            sa.select(call_tags.c.value)
+            .where(call_tags.c.call_id == e.call_id, call_tags.c.key == stratify_by)
+            .scalar_subquery()
+        )
+        statement = statement.add_columns(stratum.label("stratum"))
+    # On the statement, not the connection (that would stream every later statement too).
+    streamed = conn.execute(statement.execution_options(stream_results=True, yield_per=BATCH_ROWS))
+    yield from streamed
+
+
+def _write_examples(
+    conn: Connection,
+    dataset: sa.Row[Any],
+    rules: SplitRules,
+    train_on: TrainOn,
+    prune_rules: Sequence[Any],
+    workdir: Path,
+) -> tuple[dict[Side, _Side], list[dict[str, Any]]]:
+    sides: dict[Side, _Side] = {}
+    skipped: list[dict[str, Any]] = []
+    try:
+        for side in ("train", "test"):
+            sides[side] = _Side(
+                chat=(workdir / f"{side}.jsonl").open("wb"),
+                preference=(workdir / f"preference_{side}.jsonl").open("wb"),
+            )
+        for row in _entries(conn, dataset, rules.stratify_by):
+            label = f"entry {row.id} (call {row.call_id})"
+            request = orjson.loads(row.request)
+            response = orjson.loads(row.response) if row.response is not None else None
+            newer = orjson.loads(row.output) if row.output is not None else None
+            try:
+                example = chat_example(
+                    request, response, output=newer, train_on=train_on, prune_rules=prune_rules
+                )
+                preference = (
+                    preference_example(request, newer, output_message(response), prune_rules=prune_rules)
+                    if newer is not None and response is not None
+                    else None
+                )
+            except UnconvertibleCallError as exc:
+                skipped.append({"entry": str(row.id), "call_id": row.call_id, "reason": str(exc)})
+                continue
+            key = row.cluster_key or row.input_hash or row.call_id
+            stratum = row.stratum if rules.stratify_by is not None else None
+            files = sides[stable_split(key, rules.test_fraction, salt=rules.salt, stratum=stratum)]
+            files.chat.write(orjson.dumps(example) + b"\n")
+            files.call_ids.append(row.call_id)
+            files.labels.append(label)
+            if preference is not None:
+                files.preference.write(orjson.dumps(preference) + b"\n")
+                files.preference_labels.append(label)
+    finally:
+        for opened in sides.values():
+            opened.chat.close()
+            opened.preference.close()
+    for side_name, written in sides.items():
+        if not written.preference_labels:
+            (workdir / f"preference_{side_name}.jsonl").unlink()
+    return sides, skipped
+
+
+def _read_examples(path: Path, labels: Sequence[str]) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as lines:
+        for number, (line, label) in enumerate(zip(lines, labels, strict=True), 1):
+            yield f"{path.name}:{number}: {label}", orjson.loads(line)
+
+
+def _validate(
+    workdir: Path,
+    sides: Mapping[Side, _Side],
+    base_model: str | None,
+    token_limit: int | None,
+    min_examples: int,
+) -> dict[str, ValidationReport]:
+    """Validate the files as written (so what passes is exactly what was checked)."""
+    reports: dict[str, ValidationReport] = {}
+    for side, files in sides.items():
+        for kind, labels, method in (
+            ("", files.labels, "supervised"),
+            ("preference_", files.preference_labels, "dpo"),
+        ):
+            path = workdir / f"{kind}{side}.jsonl"
+            if kind and not labels:
+                continue
+            reports[f"{kind}{side}"] = validate_dataset(
+                _read_examples(path, labels),
+                method=method,  # type: ignore[arg-type]
+                base_model=base_model,
+                token_limit=token_limit,
+                min_examples=min_examples if side == "train" else 0,
+            )
+    return reports
+
+
+def _drop_thin_preferences(
+    workdir: Path, sides: Mapping[Side, _Side], reports: dict[str, ValidationReport]
+) -> list[str]:
+    """Preference (DPO) files are an extra: too few pairs for training leaves them out, with a note,
+    instead of failing the export."""
+    report = reports.get("preference_train")
+    if report is None or not any(issue.code == "too_few_examples" for issue in report.errors):
+        return []
+    pairs = report.examples
+    for side, files in sides.items():
+        (workdir / f"preference_{side}.jsonl").unlink(missing_ok=True)
+        reports.pop(f"preference_{side}", None)
+        files.preference_labels = []
+    return [
+        f"preference files not written: {pairs} training pairs, fine-tuning needs at least {MIN_EXAMPLES}"
+    ]
+
+
+def _drop_invalid(
+    workdir: Path, sides: dict[Side, _Side], errors: Sequence[Issue]
+) -> tuple[dict[Side, _Side], list[dict[str, Any]]]:
+    """Rewrite the files without the lines that have errors; those entries become skipped."""
+    bad = {issue.entry.split(": ", 1)[1] for issue in errors if issue.entry and ": " in issue.entry}
+    skipped: list[dict[str, Any]] = []
+    for side, files in sides.items():
+        for kind, labels in (("", files.labels), ("preference_", files.preference_labels)):
+            path = workdir / f"{kind}{side}.jsonl"
+            if not labels:
+                continue
+            kept_labels: list[str] = []
+            kept_ids: list[str] = []
+            with path.open("rb") as source, (workdir / f"{path.name}.kept").open("wb") as kept:
+                for index, (line, label) in enumerate(zip(source, labels, strict=True)):
+                    if label in bad:
+                        if not kind:
+                            reasons = [i.message for i in errors if i.entry and i.entry.endswith(label)]
+                            skipped.append(
+                                {
+                                    "entry": label.split()[1],
+                                    "call_id": files.call_ids[index],
+                                    "reason": "; ".join(reasons),
+                                }
+                            )
+                        continue
+                    kept.write(line)
+                    kept_labels.append(label)
+                    if not kind:
+                        kept_ids.append(files.call_ids[index])
+            os.replace(workdir / f"{path.name}.kept", path)
+            if kind:
+                files.preference_labels = kept_labels
+            else:
+                files.labels, files.call_ids = kept_labels, kept_ids
+    return sides, skipped
+
+
+def _invalid(errors: Sequence[Issue], name: str) -> ExportError:
+    shown = "; ".join(str(issue) for issue in errors[:MAX_ISSUES_SHOWN])
+    more = f" (and {len(errors) - MAX_ISSUES_SHOWN} more)" if len(errors) > MAX_ISSUES_SHOWN else ""
+    return ExportError(
+        f"the export does not pass validation, nothing was written: {shown}{more}; "
+        "fix the entries, or pass --skip-invalid to leave them out",
+        name,
+        errors,
+    )
+
+
+def _file_facts(workdir: Path) -> dict[str, dict[str, Any]]:
+    facts: dict[str, dict[str, Any]] = {}
+    for path in sorted(workdir.glob("*.jsonl")):
+        digest = hashlib.sha256()
+        lines = 0
+        with path.open("rb") as content:
+            for line in content:
+                digest.update(line)
+                lines += 1
+        facts[path.name] = {"sha256": digest.hexdigest(), "bytes": path.stat().st_size, "lines": lines}
+    return facts
+
+
+def _move_into_place(workdir: Path, target: Path) -> None:
+    # Data files first, the manifest last: a manifest in out_dir means its files are all there.
+    # Files of an earlier export that this one does not have (no DPO pairs now) are removed.
+    for stale in ("preference_train.jsonl", "preference_test.jsonl"):
+        if not (workdir / stale).exists():
+            (target / stale).unlink(missing_ok=True)
+    for path in sorted(workdir.glob("*.jsonl")):
+        os.replace(path, target / path.name)
+    os.replace(workdir / "manifest.json", target / "manifest.json")
+
+
+def _manifest(
+    dataset: sa.Row[Any],
+    settings: Mapping[str, Any],
+    rules: SplitRules,
+    train_on: TrainOn,
+    prune_rules: Sequence[Any],
+    base_model: str | None,
+    sides: Mapping[Side, _Side],
+    skipped: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "flywheel_version": __version__,
+        "dataset": dataset.name,
+        "dataset_version": dataset.version,
+        "filter": orjson.loads(dataset.filter),
+        "rules": {
+            "split": rules.as_dict(),
+            "train_on": train_on,
+            "prune_rules": [rule.as_dict() for rule in prune_rules],
+            "dedup": settings.get("dedup"),
+        },
+        "base_model": base_model,
+        "counts": {
+            "train": len(sides["train"].call_ids),
+            "test": len(sides["test"].call_ids),
+            "preference_train": len(sides["train"].preference_labels),
+            "preference_test": len(sides["test"].preference_labels),
+            "skipped": len(skipped),
+        },
+        "splits": {side: files.call_ids for side, files in sides.items()},
+        "skipped": skipped,
+    }
+
+
+def _record_export(
+    conn: Connection,
+    dataset: sa.Row[Any],
+    settings: dict[str, Any],
+    rules: SplitRules,
+    target: Path,
+    manifest: Mapping[str, Any],
+    moment: datetime,
+) -> None:
+    """The export in ``exports``, the split rules on the dataset, and each newly exported entry marked
+    (so dedup keeps it as its cluster's representative)."""
+    conn.execute(
+        sa.insert(exports).values(
+            dataset_id=dataset.id,
+            version=dataset.version,
+            created_at=moment,
+            out_dir=str(target.resolve()),
+            manifest=orjson.dumps(manifest).decode(),
+        )
+    )
+    if settings.get("split") != rules.as_dict():
+        settings = {**settings, "split": rules.as_dict()}
+        conn.execute(
+            sa.update(datasets)
+            .where(datasets.c.id == dataset.id)
+            .values(settings=orjson.dumps(settings).decode())
+        )
+    left_out = [item["call_id"] for item in manifest["skipped"]]
+    e = dataset_entries.c
+    conn.execute(
+        sa.update(dataset_entries)
+        .where(
+            entries_at(dataset.id, dataset.version), e.first_exported_in.is_(None), e.call_id.not_in(left_out)
+        )
+        .values(first_exported_in=dataset.version)
+    )
