@@ -14,7 +14,9 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
+from .datasets import create_dataset, get_dataset, list_datasets, update_dataset
 from .errors import BadFilterError, FlywheelError, StoreError, UsageError
+from .export import ExportError, SplitRules, export_dataset
 from .logs import recent_calls
 from .migrate import MigrationResult, migrate, pending_migrations
 from .query import CallFilter, CallQuery, filter_calls, parse_tag, parse_time, query
@@ -24,17 +26,24 @@ __all__ = [
     "BadFilterError",
     "CallFilter",
     "CallQuery",
+    "ExportError",
     "FlywheelError",
     "MigrationResult",
+    "SplitRules",
     "StoreError",
     "UsageError",
     "__version__",
     "call_stats",
+    "create_dataset",
+    "export_dataset",
     "filter_calls",
+    "get_dataset",
+    "list_datasets",
     "migrate",
     "parse_tag",
     "parse_time",
     "pending_migrations",
     "query",
     "recent_calls",
+    "update_dataset",
 ]

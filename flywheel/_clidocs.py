@@ -23,7 +23,8 @@ INTRO = """\
      change the help texts (or the intro in flywheel/_clidocs.py) and regenerate. -->
 
 Every command is a library function first (`flywheel.migrate.migrate`, `flywheel.logs.recent_calls`,
-`flywheel.stats.call_stats`, ...); the CLI parses options, calls it and prints the result.
+`flywheel.stats.call_stats`, `flywheel.datasets.create_dataset`, `flywheel.export.export_dataset`,
+...); the CLI parses options, calls it and prints the result.
 
 ## The store
 
@@ -34,7 +35,7 @@ without that, `sqlite:///flywheel.db` in the current directory. Create or upgrad
 
 ## Filters
 
-Commands that work on calls (`logs`, `stats`) share these options; all given criteria must hold:
+Commands that select calls (`logs`, `stats`, `dataset create`) share these options; all given criteria must hold:
 
 | option | meaning |
 |---|---|
@@ -97,13 +98,22 @@ def render_cli_docs() -> str:
     """The Markdown of ``docs/cli.md``: the intro, then ``--help`` of the group and each command."""
     root = click.Context(cli, info_name="flywheel", terminal_width=WIDTH, max_content_width=WIDTH)
     sections = [INTRO, f"### flywheel\n\n```text\n{_help(cli, root)}\n```\n"]
-    for name in cli.list_commands(root):
-        command = cli.get_command(root, name)
+    sections.extend(_command_sections(cli, root))
+    return "\n".join(sections)
+
+
+def _command_sections(group: click.Group, parent: click.Context) -> list[str]:
+    """One section per command of ``group``; a subgroup's own commands follow its section."""
+    sections = []
+    for name in group.list_commands(parent):
+        command = group.get_command(parent, name)
         if command is None or command.hidden:
             continue
-        ctx = click.Context(command, info_name=name, parent=root)
-        sections.append(f"### flywheel {name}\n\n```text\n{_help(command, ctx)}\n```\n")
-    return "\n".join(sections)
+        ctx = click.Context(command, info_name=name, parent=parent)
+        sections.append(f"### {ctx.command_path}\n\n```text\n{_help(command, ctx)}\n```\n")
+        if isinstance(command, click.Group):
+            sections.extend(_command_sections(command, ctx))
+    return sections
 
 
 if __name__ == "__main__":

@@ -22,11 +22,15 @@ import orjson
 from sdk._config import database_url
 
 from . import __version__
+from .datasets import AddResult, create_dataset, get_dataset, list_datasets, update_dataset
 from .errors import FlywheelError, StoreError, display_url
+from .export import SplitRules, export_dataset
+from .finetune_format import TrainOn
 from .logs import recent_calls
 from .migrate import describe_revision, migrate, pending_migrations
 from .query import TIME_FORMATS_HELP, CallFilter
 from .stats import GROUP_KEYS, PERCENTILES, call_stats
+from .validate import MIN_EXAMPLES
 
 __all__ = ["cli", "db_option", "filter_options", "json_option", "main"]
 
@@ -409,6 +413,214 @@ def _stats_table(found: Sequence[dict[str, Any]], groups: Sequence[str]) -> str:
     if any(group["cost_partial"] for group in found):
         table += "\n* cost unknown for some calls (model not in the price table): a lower bound."
     return table
+
+
+@cli.group("dataset", cls=FlywheelGroup)
+def dataset_group() -> None:
+    """Named, versioned datasets of recorded calls (the input of dedup, relabel and export)."""
+
+
+@dataset_group.command("create")
+@click.argument("name")
+@db_option
+@filter_options
+@json_option
+def dataset_create_command(db_url: str | None, name: str, call_filter: CallFilter, as_json: bool) -> None:
+    """Create dataset NAME from the calls the filters select.
+
+    Takes in every matching chat completion that got an answer (HTTP 2xx, read to the end).
+    Running it again with the same filters adds the calls that matched since (like update).
+    """
+    result = create_dataset(_db(db_url), name, call_filter)
+    _echo_added(result, as_json)
+
+
+@dataset_group.command("update")
+@click.argument("name")
+@db_option
+@json_option
+def dataset_update_command(db_url: str | None, name: str, as_json: bool) -> None:
+    """Add to dataset NAME the calls that match its filters and are not in it yet.
+
+    Relative times (--since 30d) are counted from now. Existing entries are never changed.
+    """
+    _echo_added(update_dataset(_db(db_url), name), as_json)
+
+
+def _echo_added(result: AddResult, as_json: bool) -> None:
+    if as_json:
+        _print_json_lines([result.as_dict()])
+        return
+    info = result.dataset
+    verb = "Created" if result.created else "Updated"
+    if not result.created and not result.added:
+        click.echo(
+            f"No new calls for dataset {info.name}; it stays at version {info.version} "
+            f"({info.entries:,} entries)."
+        )
+        return
+    click.echo(
+        f"{verb} dataset {info.name}: {result.added:,} new entries, {info.entries:,} in all, "
+        f"version {info.version}."
+    )
+
+
+@dataset_group.command("list")
+@db_option
+@json_option
+def dataset_list_command(db_url: str | None, as_json: bool) -> None:
+    """List the datasets with their newest version and entry counts."""
+    found = list_datasets(_db(db_url))
+    if as_json:
+        _print_json_lines([info.as_dict() for info in found])
+        return
+    if not found:
+        click.echo("No datasets yet; see 'flywheel dataset create --help'.", err=True)
+        return
+    rows = [
+        [
+            info.name,
+            str(info.version),
+            _number(info.entries),
+            _number(info.removed),
+            info.created_at.strftime("%Y-%m-%d %H:%M"),
+        ]
+        for info in found
+    ]
+    click.echo(_table(["NAME", "VERSION", "ENTRIES", "REMOVED", "CREATED (UTC)"], rows, right=(1, 2, 3)))
+
+
+@dataset_group.command("show")
+@click.argument("name")
+@db_option
+@json_option
+def dataset_show_command(db_url: str | None, name: str, as_json: bool) -> None:
+    """Show dataset NAME: its filter, rules and every version it went through."""
+    info = get_dataset(_db(db_url), name)
+    if as_json:
+        _print_json_lines([info.as_dict()])
+        return
+    click.echo(
+        f"Dataset {info.name}: version {info.version}, {info.entries:,} entries ({info.removed:,} removed)"
+    )
+    click.echo(f"Filter: {orjson.dumps(info.filter.as_dict()).decode()}")
+    if info.settings:
+        click.echo(f"Rules: {orjson.dumps(info.settings).decode()}")
+    rows = [
+        [str(v.version), v.created_at.strftime("%Y-%m-%d %H:%M:%S"), v.action, _details(v.details)]
+        for v in info.history
+    ]
+    click.echo(_table(["VERSION", "TIME (UTC)", "ACTION", "DETAILS"], rows, right=(0,)))
+
+
+def _details(details: dict[str, Any]) -> str:
+    shown = {key: value for key, value in details.items() if key != "filter"}
+    return _cut(", ".join(f"{key}={value}" for key, value in shown.items()), 80)
+
+
+@cli.command("export")
+@click.argument("name")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Directory to write.",
+)
+@db_option
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0.0, 1.0),
+    metavar="F",
+    help="Share of entries held out for test (default: the dataset's rule, at first 0.1).",
+)
+@click.option("--stratify-by", metavar="TAG", help="Give each value of this tag the test fraction.")
+@click.option("--salt", metavar="TEXT", help="Another salt gives another (independent) split.")
+@click.option(
+    "--train-on",
+    type=click.Choice(["all", "last"]),
+    default="all",
+    show_default=True,
+    help="Train on every assistant message, or only on the output (weight 0 on earlier turns).",
+)
+@click.option(
+    "--base-model", metavar="MODEL", help="Check token counts against this model's limit per example."
+)
+@click.option("--token-limit", type=click.IntRange(min=1), metavar="N", help="Token limit per example.")
+@click.option(
+    "--min-examples",
+    type=click.IntRange(min=0),
+    default=MIN_EXAMPLES,
+    show_default=True,
+    metavar="N",
+    help="Fewest training examples accepted.",
+)
+@click.option(
+    "--skip-invalid", is_flag=True, help="Leave out entries that fail validation (listed in the manifest)."
+)
+@click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
+@json_option
+def export_command(
+    db_url: str | None,
+    name: str,
+    out_dir: str,
+    test_fraction: float | None,
+    stratify_by: str | None,
+    salt: str | None,
+    train_on: TrainOn,
+    base_model: str | None,
+    token_limit: int | None,
+    min_examples: int,
+    skip_invalid: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Write dataset NAME as DIR/train.jsonl, DIR/test.jsonl and DIR/manifest.json.
+
+    Lines are in OpenAI's chat fine-tuning format; entries with a relabeled or edited output also
+    go to preference_train.jsonl / preference_test.jsonl (DPO). Every line is validated first:
+    nothing is written if one fails (unless --skip-invalid). The split is stable: exporting again
+    after the dataset grew keeps every entry on its side.
+    """
+    url = _db(db_url)
+    split = None
+    if test_fraction is not None or stratify_by is not None or salt is not None:
+        stored = SplitRules.from_dict(get_dataset(url, name, history=False).settings.get("split", {}))
+        split = SplitRules(
+            test_fraction=stored.test_fraction if test_fraction is None else test_fraction,
+            stratify_by=stored.stratify_by if stratify_by is None else (stratify_by or None),
+            salt=stored.salt if salt is None else salt,
+        )
+    result = export_dataset(
+        url,
+        name,
+        out_dir,
+        split=split,
+        train_on=train_on,
+        base_model=base_model,
+        token_limit=token_limit,
+        min_examples=min_examples,
+        skip_invalid=skip_invalid,
+        dry_run=dry_run,
+    )
+    if as_json:
+        _print_json_lines([result.as_dict()])
+        return
+    counts = result.counts
+    done = "Would write" if dry_run else "Wrote"
+    click.echo(
+        f"{done} {counts['train']:,} train and {counts['test']:,} test examples of {name} "
+        f"(version {result.manifest['dataset_version']}) to {result.out_dir}"
+    )
+    if counts["preference_train"] or counts["preference_test"]:
+        click.echo(
+            f"  preference pairs: {counts['preference_train']:,} train, {counts['preference_test']:,} test"
+        )
+    if counts["skipped"]:
+        click.echo(f"  skipped {counts['skipped']:,} entries (listed in manifest.json)")
+    for note in result.manifest.get("notes", []):
+        click.echo(f"  note: {note}")
 
 
 @cli.command("mock-server")

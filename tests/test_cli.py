@@ -70,12 +70,15 @@ def test_version() -> None:
 
 def test_help_lists_only_working_commands_in_workflow_order() -> None:
     result = ok("--help")
-    listed = result.stdout.split("Commands:\n", 1)[1].split()
+    lines = result.stdout.split("Commands:\n", 1)[1].splitlines()
+    listed = [line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")]
     assert [word for word in listed if word in cli.commands] == [
         "quickstart",
         "migrate",
         "logs",
         "stats",
+        "dataset",
+        "export",
         "mock-server",
     ]
 
@@ -110,7 +113,17 @@ def test_public_exports_are_complete() -> None:
 
 
 def test_every_command_calls_a_documented_library_function() -> None:
-    for function in (migrate, pending_migrations, recent_calls, flywheel.call_stats):
+    for function in (
+        migrate,
+        pending_migrations,
+        recent_calls,
+        flywheel.call_stats,
+        flywheel.create_dataset,
+        flywheel.update_dataset,
+        flywheel.list_datasets,
+        flywheel.get_dataset,
+        flywheel.export_dataset,
+    ):
         assert inspect.getdoc(function)
 
 

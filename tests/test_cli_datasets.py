@@ -1,0 +1,71 @@
+"""`flywheel dataset ...` and `flywheel export` on the command line (click's runner, real stores)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+from recorded_calls import T0, chat_exchange, record, record_chats
+from test_cli import assert_one_line_error, json_lines, ok, run
+
+PROMPTS = [f"Please cancel order {n}" for n in range(30)]
+
+
+def test_dataset_create_update_list_show(db_url: str) -> None:
+    record_chats(db_url, PROMPTS, tags={"prompt_id": "cancel"})
+    record_chats(db_url, ["unrelated"], tags={"prompt_id": "other"})
+    created = ok("dataset", "create", "cancel", "--tag", "prompt_id=cancel", "--db", db_url)
+    assert "Created dataset cancel: 30 new entries, 30 in all, version 1." in created.stdout
+    record_chats(db_url, ["one more"], start=T0 + timedelta(days=1), tags={"prompt_id": "cancel"})
+    (updated,) = json_lines(ok("dataset", "update", "cancel", "--db", db_url, "--json"))
+    assert (updated["added"], updated["entries"], updated["version"]) == (1, 31, 2)
+    assert "No new calls" in ok("dataset", "update", "cancel", "--db", db_url).stdout
+    listed = ok("dataset", "list", "--db", db_url).stdout.splitlines()
+    assert listed[0].split()[:3] == ["NAME", "VERSION", "ENTRIES"] and listed[1].split()[:3] == [
+        "cancel",
+        "2",
+        "31",
+    ]
+    shown = ok("dataset", "show", "cancel", "--db", db_url).stdout
+    assert '"prompt_id=cancel"' in shown and "create" in shown and "update" in shown
+    (described,) = json_lines(ok("dataset", "show", "cancel", "--db", db_url, "--json"))
+    assert [v["action"] for v in described["history"]] == ["create", "update"]
+
+
+def test_dataset_errors_are_one_line(db_url: str) -> None:
+    record_chats(db_url, PROMPTS[:2])
+    assert_one_line_error(run("dataset", "update", "nope", "--db", db_url), 2, "no dataset named 'nope'")
+    assert_one_line_error(run("dataset", "create", "bad name", "--db", db_url), 2, "invalid dataset name")
+    assert_one_line_error(
+        run("dataset", "create", "x", "--min-tokens", "9", "--max-tokens", "1", "--db", db_url),
+        2,
+        "--min-tokens/--max-tokens",
+    )
+
+
+def test_export_command_writes_the_files(db_url: str, tmp_path: Path) -> None:
+    record_chats(db_url, PROMPTS, tags={"prompt_id": "cancel"})
+    ok("dataset", "create", "cancel", "--tag", "prompt_id=cancel", "--db", db_url)
+    out = tmp_path / "data"
+    result = ok("export", "cancel", "--out", str(out), "--test-fraction", "0.2", "--db", db_url)
+    assert "train and" in result.stdout and str(out) in result.stdout
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    assert manifest["rules"]["split"]["test_fraction"] == 0.2
+    assert manifest["counts"]["train"] + manifest["counts"]["test"] == 30
+    (again,) = json_lines(ok("export", "cancel", "--out", str(out), "--db", db_url, "--json"))
+    assert again["rules"]["split"]["test_fraction"] == 0.2  # the stored rule, not the default
+    assert "splits" not in again  # call ids stay in manifest.json
+
+
+def test_export_validation_failure_is_one_line_and_writes_nothing(db_url: str, tmp_path: Path) -> None:
+    bad = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
+    record_chats(db_url, PROMPTS[:12])
+    record(db_url, [chat_exchange("x", None, tool_calls=[bad], at=T0 + timedelta(hours=1))])
+    ok("dataset", "create", "all", "--db", db_url)
+    out = tmp_path / "data"
+    line = assert_one_line_error(run("export", "all", "--out", str(out), "--db", db_url), 1, "--skip-invalid")
+    assert "arguments" in line and "nothing was written" in line
+    assert not out.exists() or list(out.iterdir()) == []
+    skipped = ok("export", "all", "--out", str(out), "--skip-invalid", "--db", db_url)
+    assert "skipped 1 entries" in skipped.stdout
