@@ -23,11 +23,12 @@ from sdk._config import database_url
 
 from . import __version__
 from .datasets import AddResult, create_dataset, get_dataset, list_datasets, update_dataset
-from .errors import FlywheelError, StoreError, display_url
+from .errors import FlywheelError, StoreError, UsageError, display_url
 from .export import SplitRules, export_dataset
-from .finetune_format import TrainOn
+from .finetune_format import DropSystemPrompt, StripPrefix, TrainOn
 from .logs import recent_calls
 from .migrate import describe_revision, migrate, pending_migrations
+from .prune import common_system_prompts, prune_rules, set_prune_rules
 from .query import TIME_FORMATS_HELP, CallFilter
 from .stats import GROUP_KEYS, PERCENTILES, call_stats
 from .validate import MIN_EXAMPLES
@@ -511,6 +512,88 @@ def dataset_show_command(db_url: str | None, name: str, as_json: bool) -> None:
         for v in info.history
     ]
     click.echo(_table(["VERSION", "TIME (UTC)", "ACTION", "DETAILS"], rows, right=(0,)))
+
+
+@dataset_group.command("prune")
+@click.argument("name")
+@db_option
+@click.option(
+    "--drop-system-prompt",
+    "drop_common",
+    is_flag=True,
+    help="Leave out the most common system prompt (shared by at least --min-share of the entries).",
+)
+@click.option(
+    "--min-share",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    metavar="F",
+    help="With --drop-system-prompt: the share of entries the prompt must open.",
+)
+@click.option(
+    "--strip-prefix",
+    "prefixes",
+    multiple=True,
+    metavar="TEXT",
+    help="Remove TEXT from the start of system messages.",
+)
+@click.option("--clear", is_flag=True, help="Remove every pruning rule.")
+@json_option
+def dataset_prune_command(
+    db_url: str | None,
+    name: str,
+    drop_common: bool,
+    min_share: float,
+    prefixes: tuple[str, ...],
+    clear: bool,
+    as_json: bool,
+) -> None:
+    """Show or set the rules that prune repeated instructions from dataset NAME's exported inputs.
+
+    Without options, shows the rules and the most common system prompts. The rules are stored on
+    the dataset, applied by export and written to its manifest, so the app can prune its requests
+    the same way (flywheel.finetune_format.apply_prune_rules).
+    """
+    url = _db(db_url)
+    prompts = common_system_prompts(url, name)
+    if not (drop_common or prefixes or clear):
+        rules = prune_rules(url, name)
+        if as_json:
+            _print_json_lines(
+                [
+                    {
+                        "prune_rules": [r.as_dict() for r in rules],
+                        "system_prompts": [p.as_dict() for p in prompts],
+                    }
+                ]
+            )
+            return
+        click.echo("Rules: " + (orjson.dumps([r.as_dict() for r in rules]).decode() if rules else "none"))
+        for prompt in prompts:
+            click.echo(
+                f"  {prompt.share:6.1%}  {prompt.entries:,} entries  "
+                f"{_cut(' '.join(prompt.text.split()), 70)}"
+            )
+        return
+    rules = [] if clear else list(prune_rules(url, name))
+    if drop_common:
+        if not prompts or prompts[0].share < min_share:
+            share = f"{prompts[0].share:.1%}" if prompts else "no"
+            raise UsageError(
+                f"no system prompt opens {min_share:.0%} of the entries (the most common: {share})",
+                "--min-share",
+            )
+        rules.append(DropSystemPrompt(prompts[0].sha256))
+    rules.extend(StripPrefix(prefix) for prefix in prefixes)
+    rules = list(dict.fromkeys(rules))  # the same rule twice is one rule
+    version = set_prune_rules(url, name, rules)
+    if as_json:
+        _print_json_lines([{"prune_rules": [r.as_dict() for r in rules], "version": version}])
+    elif version is None:
+        click.echo(f"Dataset {name} already has these rules; nothing changed.")
+    else:
+        click.echo(f"Dataset {name} version {version}: {len(rules)} pruning rule(s).")
 
 
 def _details(details: dict[str, Any]) -> str:
