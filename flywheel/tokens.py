@@ -34,7 +34,7 @@ import base64
 import gzip
 import hashlib
 from collections.abc import Mapping, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any, Literal
 
@@ -189,6 +189,13 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
 def count_text(text: str, encoding: tiktoken.Encoding) -> int:
     """Tokens in ``text``. Special-token text such as ``<|endoftext|>`` counts as ordinary text,
     the way the API reads it inside a message."""
+    return _cached_count(text, encoding)
+
+
+@lru_cache(maxsize=16_384)
+def _cached_count(text: str, encoding: tiktoken.Encoding) -> int:
+    # Datasets repeat the same texts in every example (roles, a long system prompt, tool
+    # definitions): each is encoded once.
     return len(encoding.encode(text, disallowed_special=()))
 
 
