@@ -20,6 +20,8 @@ from .export import ExportError, SplitRules, export_dataset
 from .logs import recent_calls
 from .migrate import MigrationResult, migrate, pending_migrations
 from .query import CallFilter, CallQuery, filter_calls, parse_tag, parse_time, query
+from .relabel import RelabelError, relabel_dataset
+from .review import ReviewFileError, export_review, import_review
 from .stats import call_stats
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "ExportError",
     "FlywheelError",
     "MigrationResult",
+    "RelabelError",
+    "ReviewFileError",
     "SplitRules",
     "StoreError",
     "UsageError",
@@ -36,8 +40,10 @@ __all__ = [
     "call_stats",
     "create_dataset",
     "export_dataset",
+    "export_review",
     "filter_calls",
     "get_dataset",
+    "import_review",
     "list_datasets",
     "migrate",
     "parse_tag",
@@ -45,5 +51,6 @@ __all__ = [
     "pending_migrations",
     "query",
     "recent_calls",
+    "relabel_dataset",
     "update_dataset",
 ]

@@ -30,6 +30,14 @@ from .logs import recent_calls
 from .migrate import describe_revision, migrate, pending_migrations
 from .prune import common_system_prompts, prune_rules, set_prune_rules
 from .query import TIME_FORMATS_HELP, CallFilter
+from .relabel import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    RelabelProgress,
+    relabel_dataset,
+)
+from .review import ReviewFileError, ReviewSelection, export_review, import_review
 from .stats import GROUP_KEYS, PERCENTILES, call_stats
 from .validate import MIN_EXAMPLES
 
@@ -599,6 +607,191 @@ def dataset_prune_command(
 def _details(details: dict[str, Any]) -> str:
     shown = {key: value for key, value in details.items() if key != "filter"}
     return _cut(", ".join(f"{key}={value}" for key, value in shown.items()), 80)
+
+
+@cli.command("relabel")
+@click.argument("name")
+@click.option("--model", required=True, metavar="TEACHER", help="The teacher model that answers again.")
+@click.option(
+    "--base-url",
+    metavar="URL",
+    help="The teacher's OpenAI-compatible API (default: $OPENAI_BASE_URL, else OpenAI's).",
+)
+@db_option
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    metavar="N",
+    help="Requests in flight at once.",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_RETRIES,
+    show_default=True,
+    metavar="N",
+    help="Retries per entry on 429, 5xx and connection errors (with backoff).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    metavar="S",
+    help="Seconds per request.",
+)
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Relabel at most N entries this run.")
+@click.option("--temperature", type=float, metavar="T", help="Sampling temperature for the teacher.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=JSON",
+    help="Set a request field for the teacher (JSON value; null removes it), e.g. max_tokens=512.",
+)
+@json_option
+def relabel_command(
+    db_url: str | None,
+    name: str,
+    model: str,
+    base_url: str | None,
+    concurrency: int,
+    max_retries: int,
+    timeout: float,
+    limit: int | None,
+    temperature: float | None,
+    params: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Ask a teacher model to answer each entry of dataset NAME again; the answers become its outputs.
+
+    The API key is $OPENAI_API_KEY. Every teacher call is recorded (tagged flywheel_relabel=NAME).
+    Resumable: after a crash or Ctrl-C, the same command continues where it stopped; entries the
+    teacher already answered, and entries a person edited, are not asked again.
+    """
+
+    def report(done: RelabelProgress) -> None:
+        if not as_json:
+            click.echo(f"relabeled {done.relabeled:,}/{done.total:,}, failed {done.failed:,}", err=True)
+
+    try:
+        result = relabel_dataset(
+            _db(db_url),
+            name,
+            model=model,
+            base_url=base_url,
+            concurrency=concurrency,
+            max_retries=max_retries,
+            timeout=timeout,
+            limit=limit,
+            temperature=temperature,
+            params=_json_params(params),
+            progress=report,
+        )
+    except KeyboardInterrupt:
+        click.echo("flywheel: interrupted; run the same command again to continue", err=True)
+        sys.exit(130)
+    if as_json:
+        _print_json_lines([result.as_dict()])
+        return
+    version = "no new version" if result.version is None else f"version {result.version}"
+    click.echo(
+        f"Relabeled {result.relabeled:,} entries of {name} with {model} ({version}); "
+        f"{result.skipped:,} already done, {result.kept_human:,} edited by a person kept, "
+        f"{result.failed:,} failed; {result.teacher_calls:,} teacher calls, cost {_usd(result.cost_usd)}"
+    )
+    for failure in result.failures[:20]:
+        click.echo(f"  entry {failure.entry_id} (call {failure.call_id}): {failure.reason}")
+    if result.failed:
+        click.echo("Run the same command again to retry the failed entries.")
+
+
+def _json_params(params: Sequence[str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for text in params:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"invalid parameter {text!r}: expected KEY=JSON, e.g. max_tokens=512", "--param")
+        try:
+            parsed[key.strip()] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise UsageError(f"the value of {key!r} is not JSON: {value!r}", "--param") from None
+    return parsed
+
+
+@cli.group("review", cls=FlywheelGroup)
+def review_group() -> None:
+    """Review and edit a dataset's outputs by hand: export a JSONL file, edit it, import it back."""
+
+
+@review_group.command("export")
+@click.argument("name")
+@click.option(
+    "--out", "out_path", required=True, type=click.Path(dir_okay=False), metavar="FILE", help="File to write."
+)
+@click.option(
+    "--only",
+    type=click.Choice(["all", "original", "relabeled", "human", "unreviewed"]),
+    default="all",
+    show_default=True,
+    help="Which entries: by where their output comes from, or those no person has edited yet.",
+)
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N entries.")
+@db_option
+@json_option
+def review_export_command(
+    db_url: str | None, name: str, out_path: str, only: ReviewSelection, limit: int | None, as_json: bool
+) -> None:
+    """Write dataset NAME's entries to FILE, one JSON object per line, for a person to edit.
+
+    On each line, edit "output" (the assistant message), set "drop": true to take the entry out,
+    or add a "note"; everything else is context. Then run 'flywheel review import NAME FILE'.
+    """
+    result = export_review(_db(db_url), name, out_path, only=only, limit=limit)
+    if as_json:
+        _print_json_lines([result.as_dict()])
+        return
+    sources = ", ".join(f"{count:,} {source}" for source, count in result.by_source.items())
+    click.echo(
+        f"Wrote {result.entries:,} entries of {name} (version {result.version}) to {result.path}"
+        + (f": {sources}" if sources else "")
+    )
+
+
+@review_group.command("import")
+@click.argument("name")
+@click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Check the file and count the changes; import nothing.")
+@db_option
+@json_option
+def review_import_command(db_url: str | None, name: str, path: str, dry_run: bool, as_json: bool) -> None:
+    """Import the edits in FILE (from 'flywheel review export') into dataset NAME, all or nothing.
+
+    Every line is checked first; if one is wrong, nothing is imported and each problem is named by
+    line and field. Edits become the entries' outputs (kept with their provenance), drops take
+    entries out; both make one new dataset version.
+    """
+    try:
+        result = import_review(_db(db_url), name, path, dry_run=dry_run)
+    except ReviewFileError as error:
+        if as_json:
+            _print_json_lines([issue.as_dict() for issue in error.issues])
+        raise
+    if as_json:
+        _print_json_lines([result.as_dict()])
+        return
+    counts = (
+        f"{result.edited:,} edited, {result.dropped:,} dropped, {result.untouched:,} untouched, "
+        f"{result.unchanged:,} already current"
+    )
+    if dry_run:
+        click.echo(f"Would import into {name}: {counts}")
+    elif result.version is None:
+        click.echo(f"Nothing to import into {name}: {counts}")
+    else:
+        click.echo(f"Dataset {name} version {result.version}: {counts}")
 
 
 @cli.command("export")

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
-from sdk.schema import calls, dataset_entries, dataset_versions, datasets
+from sdk.schema import call_tags, calls, dataset_entries, dataset_versions, datasets, entry_outputs
 
 from .errors import StoreError, UsageError
 from .query import CallFilter, connect, filter_conditions
@@ -42,6 +42,7 @@ __all__ = [
     "DatasetVersion",
     "NotFoundError",
     "create_dataset",
+    "current_output_id",
     "entries_at",
     "get_dataset",
     "list_datasets",
@@ -56,6 +57,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 """Dataset names: letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit."""
 
 CHAT_ENDPOINT = "/chat/completions"
+TEACHER_TAG = "flywheel_relabel"
+"""The tag on the calls ``flywheel relabel`` makes: never taken into a dataset."""
 
 
 class NotFoundError(UsageError):
@@ -245,6 +248,24 @@ def entries_at(dataset_id: int, version: int) -> ColumnElement[bool]:
     )
 
 
+def current_output_id(version: int) -> ColumnElement[Any]:
+    """The id of an entry's current ``entry_outputs`` row at ``version`` (a subquery correlated to
+    ``dataset_entries``; NULL when the entry still has the call's own output).
+
+    Current means made by the newest version, and within one version the newest row: a review
+    imported (version N+2) while a relabel run still writes into its own version N+1 stays current.
+    """
+    later = entry_outputs.alias("later")
+    return (
+        sa.select(later.c.id)
+        .where(later.c.entry_id == dataset_entries.c.id, later.c.version <= version)
+        .order_by(later.c.version.desc(), later.c.id.desc())
+        .limit(1)
+        .correlate(dataset_entries)
+        .scalar_subquery()
+    )
+
+
 def require_dataset(conn: Connection, name: str) -> sa.Row[Any]:
     """The ``datasets`` row of ``name``; ``NotFoundError`` (naming the known ones) if none."""
     return _require(conn, name)
@@ -295,12 +316,14 @@ def _take_in(
 
 
 def _trainable() -> list[ColumnElement[bool]]:
-    """Calls a fine-tuning example can be made of: answered chat completions, read to the end."""
+    """Calls a fine-tuning example can be made of: answered chat completions, read to the end, that
+    the app made (not the flywheel's own teacher calls, tagged ``flywheel_relabel``)."""
     return [
         calls.c.endpoint == CHAT_ENDPOINT,
         calls.c.status_code.between(200, 299),
         calls.c.complete.is_(True),
         calls.c.response.is_not(None),
+        ~sa.exists().where(call_tags.c.call_id == calls.c.id, call_tags.c.key == TEACHER_TAG),
     ]
 
 

@@ -35,10 +35,10 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sdk.schema import call_tags, calls, dataset_entries, datasets, entry_outputs, exports
+from sdk.schema import call_tags, calls, dataset_entries, dataset_versions, datasets, entry_outputs, exports
 
 from . import __version__
-from .datasets import entries_at, require_dataset, write_transaction
+from .datasets import current_output_id, entries_at, require_dataset, write_transaction
 from .errors import FlywheelError
 from .finetune_format import (
     TrainOn,
@@ -164,7 +164,7 @@ def export_dataset(
             manifest["created_at"] = moment.isoformat()
             manifest["files"] = _file_facts(workdir)
             manifest["validation"] = {side: report.as_dict() for side, report in reports.items()}
-            manifest["notes"] = notes
+            manifest["notes"] = notes + _version_notes(conn, dataset)
             if dry_run:
                 return ExportResult(target, manifest, reports)
             (workdir / "manifest.json").write_bytes(
@@ -184,13 +184,7 @@ def export_dataset(
 def _entries(conn: Connection, dataset: sa.Row[Any], stratify_by: str | None) -> Iterator[sa.Row[Any]]:
     """The dataset's entries at its newest version, oldest call first, with what an example needs."""
     e, o, c = dataset_entries.c, entry_outputs.c, calls.c
-    later = entry_outputs.alias("later")
-    newest_output = (
-        sa.select(sa.func.max(later.c.id))
-        .where(later.c.entry_id == e.id, later.c.version <= dataset.version)
-        .correlate(dataset_entries)
-        .scalar_subquery()
-    )
+    newest_output = current_output_id(dataset.version)
     columns: list[Any] = [
         e.id,
         e.call_id,
@@ -303,6 +297,20 @@ def _validate(
                 min_examples=min_examples if side == "train" else 0,
             )
     return reports
+
+
+def _version_notes(conn: Connection, dataset: sa.Row[Any]) -> list[str]:
+    """A warning when the version exported is a relabel run still going on (or interrupted)."""
+    v = dataset_versions.c
+    row = conn.execute(
+        sa.select(v.action, v.details).where(v.dataset_id == dataset.id, v.version == dataset.version)
+    ).one_or_none()
+    if row is None or row.action != "relabel" or orjson.loads(row.details).get("finished", True):
+        return []
+    return [
+        f"version {dataset.version} is a relabel run that has not finished (still running, or "
+        "interrupted): some entries have their old output; run the relabel again to finish it"
+    ]
 
 
 def _drop_thin_preferences(

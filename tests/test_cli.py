@@ -78,6 +78,8 @@ def test_help_lists_only_working_commands_in_workflow_order() -> None:
         "logs",
         "stats",
         "dataset",
+        "relabel",
+        "review",
         "export",
         "mock-server",
     ]
@@ -123,6 +125,9 @@ def test_every_command_calls_a_documented_library_function() -> None:
         flywheel.list_datasets,
         flywheel.get_dataset,
         flywheel.export_dataset,
+        flywheel.relabel_dataset,
+        flywheel.export_review,
+        flywheel.import_review,
     ):
         assert inspect.getdoc(function)
 

@@ -212,3 +212,53 @@ def test_dry_run_writes_and_records_nothing(db_url: str, tmp_path: Path) -> None
     assert result.counts["train"] + result.counts["test"] == 40
     assert list((tmp_path / "out").iterdir()) == []
     assert scalar(db_url, "SELECT count(*) FROM exports") == 0
+
+
+def test_the_newest_version_wins_over_a_later_row_of_an_older_version(db_url: str, tmp_path: Path) -> None:
+    """A relabel run writes into its version N+1 while a review import makes N+2: the person's edit
+    stays the entry's output even though the teacher's row for it was written afterwards."""
+    make(db_url, PROMPTS[:12])
+    engine = sa.create_engine(db_url)
+    insert = sa.text(
+        "INSERT INTO entry_outputs (entry_id, version, source, model, output, created_at) "
+        "VALUES (:e, :v, :s, :m, :o, :t)"
+    )
+    with engine.begin() as conn:
+        entry_id = conn.execute(sa.text("SELECT min(id) FROM dataset_entries")).scalar_one()
+        dataset_id = conn.execute(sa.text("SELECT id FROM datasets")).scalar_one()
+        for version, action in ((2, "relabel"), (3, "review")):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO dataset_versions (dataset_id, version, created_at, action, details) "
+                    "VALUES (:d, :v, :t, :a, '{}')"
+                ),
+                {"d": dataset_id, "v": version, "t": datetime.now(UTC), "a": action},
+            )
+        conn.execute(sa.text("UPDATE datasets SET version = 3"))
+        now = datetime.now(UTC)
+        conn.execute(
+            insert,
+            {
+                "e": entry_id,
+                "v": 3,
+                "s": "human",
+                "m": None,
+                "o": '{"role": "assistant", "content": "By a person."}',
+                "t": now,
+            },
+        )
+        conn.execute(
+            insert,
+            {
+                "e": entry_id,
+                "v": 2,
+                "s": "relabel",
+                "m": "gpt-4o",
+                "o": '{"role": "assistant", "content": "By the teacher."}',
+                "t": now,
+            },
+        )
+    engine.dispose()
+    export_dataset(db_url, "support", tmp_path / "out", split=SplitRules(test_fraction=0.0), min_examples=1)
+    outputs = [example["messages"][-1]["content"] for example in lines(tmp_path / "out" / "train.jsonl")]
+    assert "By a person." in outputs and "By the teacher." not in outputs
