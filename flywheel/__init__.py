@@ -15,6 +15,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
     __version__ = "0+unknown"
 
 from .datasets import create_dataset, get_dataset, list_datasets, update_dataset
+from .dedup import dedup_dataset
 from .errors import BadFilterError, FlywheelError, StoreError, UsageError
 from .export import ExportError, SplitRules, export_dataset
 from .logs import recent_calls
@@ -39,6 +40,7 @@ __all__ = [
     "__version__",
     "call_stats",
     "create_dataset",
+    "dedup_dataset",
     "export_dataset",
     "export_review",
     "filter_calls",

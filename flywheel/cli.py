@@ -23,11 +23,13 @@ from sdk._config import database_url
 
 from . import __version__
 from .datasets import AddResult, create_dataset, get_dataset, list_datasets, update_dataset
+from .dedup import dedup_dataset
 from .errors import FlywheelError, StoreError, UsageError, display_url
 from .export import SplitRules, export_dataset
 from .finetune_format import DropSystemPrompt, StripPrefix, TrainOn
 from .logs import recent_calls
 from .migrate import describe_revision, migrate, pending_migrations
+from .near_duplicates import DEFAULT_THRESHOLD
 from .prune import common_system_prompts, prune_rules, set_prune_rules
 from .query import TIME_FORMATS_HELP, CallFilter
 from .relabel import (
@@ -607,6 +609,50 @@ def dataset_prune_command(
 def _details(details: dict[str, Any]) -> str:
     shown = {key: value for key, value in details.items() if key != "filter"}
     return _cut(", ".join(f"{key}={value}" for key, value in shown.items()), 80)
+
+
+@cli.command("dedup")
+@click.argument("name")
+@db_option
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    metavar="J",
+    help="Similarity (estimated Jaccard of word pairs, shared boilerplate left out) from which two "
+    "inputs are near-duplicates; the default takes templated prompts a word or two apart as copies.",
+)
+@click.option("--exact", is_flag=True, help="Only exact duplicates (the same input hash).")
+@click.option("--dry-run", is_flag=True, help="Show the clusters; change nothing.")
+@click.option(
+    "--show", type=click.IntRange(min=0), default=10, show_default=True, metavar="N", help="Clusters to list."
+)
+@json_option
+def dedup_command(
+    db_url: str | None, name: str, threshold: float, exact: bool, dry_run: bool, show: int, as_json: bool
+) -> None:
+    """Keep one entry per cluster of (near-)duplicate inputs in dataset NAME; list the clusters.
+
+    The kept entry is the first exported one, else the oldest; the others are taken out of the
+    dataset (never deleted; entries already exported always stay). Stable as data grows: a later
+    near-copy never replaces an entry that was exported.
+    """
+    result = dedup_dataset(_db(db_url), name, threshold=threshold, exact=exact, dry_run=dry_run, show=show)
+    if as_json:
+        _print_json_lines([result.as_dict()])
+        return
+    kind = "exact duplicates" if exact else f"near-duplicates (threshold {threshold})"
+    verb = "Would take out" if dry_run else "Took out"
+    click.echo(
+        f"{name}: {result.entries:,} entries, {result.clusters:,} clusters of {kind}. {verb} "
+        f"{result.removed:,} ({result.duplicates:,} exact, {result.near_duplicates:,} near)"
+        + ("" if dry_run or result.version is None else f"; version {result.version}")
+        + "."
+    )
+    for cluster in result.shown:
+        size = 1 + len(cluster.removed) + len(cluster.also_kept)
+        click.echo(f"  {size:>5} entries, keep {cluster.kept}: {_cut(cluster.preview, 80)}")
 
 
 @cli.command("relabel")

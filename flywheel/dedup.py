@@ -1,0 +1,283 @@
+"""``flywheel dedup``: exact and near-duplicate entries of a dataset, one representative kept per cluster.
+
+The dataset's entries are streamed oldest call first; their inputs (messages and tools, through
+``near_duplicates.input_text``) are clustered with MinHash LSH, the prompt boilerplate shared by
+most of them left out (``near_duplicates``). Exact duplicates (same normalized text) always share a
+cluster. With ``exact=True`` only the calls' ``input_hash`` is compared, in the database.
+
+The rule, stable as data grows (``near_duplicates.choose_representative``): a cluster keeps its
+first exported member, else its oldest one; the others are taken out of the dataset
+(``removed_in`` = the new version, ``removed_reason`` ``duplicate`` when the input is the same,
+``near_duplicate`` otherwise). An entry that was already exported is never taken out: it may have
+been trained on, and it stays on its side of the split.
+
+Cluster keys decide the split side (``flywheel.split``): the kept entry and the removed ones get
+the kept entry's key (its ``cluster_key``, else its input hash, else its call id), and only where
+they have none yet, so a key an export has used never changes and no exported entry ever changes
+sides. (Two exported entries that a later call turns out to link both stay, each on its side.)
+
+Invariants: one dataset version per run that changes something (action ``dedup``); nothing is
+deleted; ``dry_run`` computes the same clusters and writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sdk.schema import calls, dataset_entries, datasets
+
+from .datasets import entries_at, record_version, require_dataset, write_transaction
+from .errors import UsageError
+from .near_duplicates import DEFAULT_THRESHOLD, choose_representative, input_text, near_duplicate_clusters
+from .query import connect
+
+__all__ = ["Cluster", "DedupResult", "dedup_dataset"]
+
+BATCH_ROWS = 2000
+UPDATE_CHUNK = 5000
+PREVIEW_CHARS = 120
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """Entries found to be (near-)duplicates: the one kept first, then the others, oldest first."""
+
+    kept: int
+    removed: tuple[int, ...]
+    also_kept: tuple[int, ...]
+    """Exported members other than the kept one: they stay (see the module docstring)."""
+    key: str
+    preview: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kept": self.kept,
+            "removed": list(self.removed),
+            "also_kept": list(self.also_kept),
+            "key": self.key,
+            "preview": self.preview,
+        }
+
+
+@dataclass(slots=True)
+class DedupResult:
+    """What ``dedup_dataset`` did (or, with ``dry_run``, would do)."""
+
+    dataset: str
+    version: int | None
+    """The version it made; ``None`` when nothing changed or for a dry run."""
+    entries: int
+    clusters: int
+    removed: int
+    duplicates: int
+    """Of the removed: same input as the kept entry."""
+    near_duplicates: int
+    threshold: float | None
+    dry_run: bool
+    shown: list[Cluster] = field(default_factory=list)
+    """The largest clusters (up to ``show``), for the report."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "version": self.version,
+            "entries": self.entries,
+            "clusters": self.clusters,
+            "removed": self.removed,
+            "duplicates": self.duplicates,
+            "near_duplicates": self.near_duplicates,
+            "threshold": self.threshold,
+            "dry_run": self.dry_run,
+            "largest_clusters": [cluster.as_dict() for cluster in self.shown],
+        }
+
+
+@dataclass(slots=True)
+class _Entries:
+    """What the rule needs per entry, kept compactly while the inputs stream past."""
+
+    ids: list[int] = field(default_factory=list)
+    keys: dict[int, str] = field(default_factory=dict)
+    """An entry's effective split key: its cluster key, else its input hash, else its call id."""
+    has_cluster_key: set[int] = field(default_factory=set)
+    hashes: dict[int, str | None] = field(default_factory=dict)
+    exported: set[int] = field(default_factory=set)
+    previews: dict[int, str] = field(default_factory=dict)
+
+
+def dedup_dataset(
+    database_url: str,
+    name: str,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    exact: bool = False,
+    dry_run: bool = False,
+    show: int = 10,
+    now: datetime | None = None,
+) -> DedupResult:
+    """Find the duplicate clusters of dataset ``name`` and keep one entry per cluster.
+
+    ``threshold`` is the estimated Jaccard similarity of two inputs' word bigrams (boilerplate left
+    out) from which they count as near-duplicates; the default 0.5 takes templated prompts that
+    differ in a word or two as copies. ``exact`` compares input hashes only.
+    """
+    if not 0 < threshold <= 1:
+        raise UsageError(f"threshold must be above 0 and at most 1, got {threshold}", "--threshold")
+    moment = now.astimezone(UTC) if now is not None else datetime.now(UTC)
+    with connect(database_url) as conn:
+        dataset = require_dataset(conn, name)
+        seen = _Entries()
+        items = _items(conn, dataset, seen, with_text=not exact)
+        if exact:
+            for _ in items:  # only the bookkeeping: clusters come from the input hashes
+                pass
+            groups = _hash_groups(seen)
+        else:
+            groups = near_duplicate_clusters(items, threshold=threshold)
+        clusters = [_decide(group, seen) for group in groups]
+        removed = [(entry, cluster) for cluster in clusters for entry in cluster.removed]
+        duplicates = sum(1 for entry, cluster in removed if _same_input(seen, entry, cluster.kept))
+        keyed = [
+            (entry, cluster.key)
+            for cluster in clusters
+            for entry in (cluster.kept, *cluster.removed)
+            if entry not in seen.has_cluster_key
+        ]
+        result = DedupResult(
+            dataset=name,
+            version=None,
+            entries=len(seen.ids),
+            clusters=len(clusters),
+            removed=len(removed),
+            duplicates=duplicates,
+            near_duplicates=len(removed) - duplicates,
+            threshold=None if exact else threshold,
+            dry_run=dry_run,
+            shown=sorted(clusters, key=lambda c: (-len(c.removed) - len(c.also_kept), c.kept))[:show],
+        )
+        if dry_run or not (removed or keyed):
+            return result
+        with write_transaction(conn):
+            current = require_dataset(conn, name)
+            if current.version != dataset.version:
+                raise UsageError(
+                    f"dataset {name!r} changed while dedup ran (version {dataset.version} -> "
+                    f"{current.version}); run it again",
+                    name,
+                )
+            version = int(dataset.version) + 1
+            _write(conn, removed, keyed, seen, version)
+            settings = orjson.loads(dataset.settings)
+            settings["dedup"] = {"threshold": result.threshold, "exact": exact}
+            conn.execute(
+                sa.update(datasets)
+                .where(datasets.c.id == dataset.id)
+                .values(settings=orjson.dumps(settings).decode())
+            )
+            details = {
+                k: v
+                for k, v in result.as_dict().items()
+                if k not in ("largest_clusters", "dry_run", "version")
+            }
+            record_version(conn, dataset.id, version, "dedup", details, moment)
+        result.version = version
+        return result
+
+
+def _items(
+    conn: Connection, dataset: sa.Row[Any], seen: _Entries, *, with_text: bool
+) -> Iterator[tuple[int, str]]:
+    """``(entry id, compared text)`` oldest call first, noting what the rule needs on the way."""
+    e, c = dataset_entries.c, calls.c
+    columns: list[Any] = [e.id, e.call_id, e.cluster_key, e.first_exported_in, c.input_hash]
+    if with_text:
+        columns.append(c.request)
+    statement = (
+        sa.select(*columns)
+        .select_from(dataset_entries.join(calls, c.id == e.call_id))
+        .where(entries_at(dataset.id, dataset.version))
+        .order_by(e.call_id)
+        .execution_options(stream_results=True, yield_per=BATCH_ROWS)
+    )
+    for row in conn.execute(statement):
+        entry = int(row.id)
+        seen.ids.append(entry)
+        seen.keys[entry] = row.cluster_key or row.input_hash or row.call_id
+        if row.cluster_key is not None:
+            seen.has_cluster_key.add(entry)
+        seen.hashes[entry] = row.input_hash
+        if row.first_exported_in is not None:
+            seen.exported.add(entry)
+        if with_text:
+            request = orjson.loads(row.request)
+            text = input_text(request.get("messages") or (), request.get("tools"))
+            if len(seen.previews) < 100_000:
+                seen.previews[entry] = " ".join(text.split())[-PREVIEW_CHARS:]
+            yield entry, text
+        else:
+            yield entry, ""
+
+
+def _same_input(seen: _Entries, entry: int, other: int) -> bool:
+    digest = seen.hashes.get(entry)
+    return digest is not None and digest == seen.hashes.get(other)
+
+
+def _hash_groups(seen: _Entries) -> list[list[int]]:
+    groups: dict[str, list[int]] = {}
+    for entry in seen.ids:
+        digest = seen.hashes.get(entry)
+        if digest is not None:
+            groups.setdefault(digest, []).append(entry)
+    return [members for members in groups.values() if len(members) > 1]
+
+
+def _decide(members: list[int], seen: _Entries) -> Cluster:
+    kept = choose_representative(members, seen.exported)
+    others = [entry for entry in members if entry != kept]
+    return Cluster(
+        kept=kept,
+        removed=tuple(entry for entry in others if entry not in seen.exported),
+        also_kept=tuple(entry for entry in others if entry in seen.exported),
+        key=seen.keys[kept],
+        preview=seen.previews.get(kept, ""),
+    )
+
+
+def _write(
+    conn: Connection,
+    removed: list[tuple[int, Cluster]],
+    keyed: list[tuple[int, str]],
+    seen: _Entries,
+    version: int,
+) -> None:
+    e = dataset_entries.c
+    set_key = (
+        sa.update(dataset_entries)
+        .where(e.id == sa.bindparam("entry"))
+        .values(cluster_key=sa.bindparam("key"))
+    )
+    for start in range(0, len(keyed), UPDATE_CHUNK):
+        chunk = keyed[start : start + UPDATE_CHUNK]
+        conn.execute(set_key, [{"entry": entry, "key": key} for entry, key in chunk])
+    take_out = (
+        sa.update(dataset_entries)
+        .where(e.id == sa.bindparam("entry"))
+        .values(removed_in=version, removed_reason=sa.bindparam("reason"))
+    )
+    rows = [
+        {
+            "entry": entry,
+            "reason": "duplicate" if _same_input(seen, entry, cluster.kept) else "near_duplicate",
+        }
+        for entry, cluster in removed
+    ]
+    for start in range(0, len(rows), UPDATE_CHUNK):
+        conn.execute(take_out, rows[start : start + UPDATE_CHUNK])
