@@ -273,20 +273,30 @@ def cli() -> None:
 
 @cli.command("quickstart")
 @db_option
-def quickstart_command(db_url: str | None) -> None:
-    """Offline tour: start the mock server, send tagged calls through sdk.OpenAI, show what landed.
+@click.option(
+    "--out",
+    "out_dir",
+    default="flywheel-export",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Where the exported train/test files go.",
+)
+def quickstart_command(db_url: str | None, out_dir: str) -> None:
+    """Offline tour: from app traffic through sdk.OpenAI to validated fine-tuning files.
 
-    Needs no network and no API key. Sync, async and streamed calls, a tool call, a retried call
-    and a failing one are recorded into the store (default ./flywheel.db).
+    Needs no network and no API key. Starts the mock server; records sync, async and streamed
+    calls, a tool call, a retried and a failing one into the store (default ./flywheel.db); then
+    creates a dataset, dedups it, relabels it with a teacher model and exports train/test JSONL.
     """
     from flywheel.quickstart import NEXT_STEPS, run_quickstart
 
     url = _db(db_url)
-    result = run_quickstart(url, echo=click.echo)
+    result = run_quickstart(url, echo=click.echo, out_dir=out_dir)
     click.echo("")
     click.echo(_stats_table(call_stats(url, CallFilter(), ("model",)), ("model",)))
     new_rows = result.rows_after - result.rows_before
-    if new_rows != result.calls_sent:
+    if new_rows != result.calls_sent:  # the teacher's calls came after `rows_after` was counted
         raise StoreError(
             f"expected {result.calls_sent} new rows in the store, found {new_rows}", display_url(url)
         )

@@ -50,7 +50,7 @@ from .finetune_format import (
 )
 from .query import connect
 from .split import DEFAULT_TEST_FRACTION, Side, stable_split
-from .validate import MIN_EXAMPLES, Issue, ValidationReport, validate_dataset
+from .validate import MIN_EXAMPLES, DatasetValidator, Issue, Method, ValidationReport
 
 __all__ = ["ExportError", "ExportResult", "SplitRules", "export_dataset"]
 
@@ -106,13 +106,14 @@ class ExportResult:
 
 @dataclass(slots=True)
 class _Side:
-    """One side's files as they are written: handles, call ids, DPO count."""
+    """One side's files as they are written, each with its validator, and the call ids written."""
 
     chat: IO[bytes]
     preference: IO[bytes]
+    chat_check: DatasetValidator
+    preference_check: DatasetValidator
     call_ids: list[str] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    preference_labels: list[str] = field(default_factory=list)
+    preference_pairs: int = 0
 
 
 def export_dataset(
@@ -146,20 +147,18 @@ def export_dataset(
         target.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=".flywheel-export-", dir=target))
         try:
-            sides, skipped = _write_examples(conn, dataset, rules, train_on, prune_rules, workdir)
-            reports = _validate(workdir, sides, base_model, token_limit, min_examples)
+            checks = _Checks(base_model, token_limit, min_examples)
+            sides, skipped = _write_examples(
+                conn, dataset, rules, train_on, prune_rules, workdir, checks, skip_invalid
+            )
+            reports: dict[str, ValidationReport] = {
+                **{side: files.chat_check.report() for side, files in sides.items()},
+                **{f"preference_{side}": files.preference_check.report() for side, files in sides.items()},
+            }
             notes = _drop_thin_preferences(workdir, sides, reports)
             errors = [issue for report in reports.values() for issue in report.errors]
-            if errors and not skip_invalid:
+            if errors:  # with skip_invalid, only what skipping cannot fix (too few examples) is left
                 raise _invalid(errors, name)
-            if errors:
-                sides, extra = _drop_invalid(workdir, sides, errors)
-                skipped.extend(extra)
-                reports = _validate(workdir, sides, base_model, token_limit, min_examples)
-                notes += _drop_thin_preferences(workdir, sides, reports)
-                still = [issue for report in reports.values() for issue in report.errors]
-                if still:  # a dataset-level problem (too few examples) that skipping cannot fix
-                    raise _invalid(still, name)
             manifest = _manifest(dataset, settings, rules, train_on, prune_rules, base_model, sides, skipped)
             manifest["created_at"] = moment.isoformat()
             manifest["files"] = _file_facts(workdir)
@@ -214,6 +213,21 @@ def _entries(conn: Connection, dataset: sa.Row[Any], stratify_by: str | None) ->
     yield from streamed
 
 
+@dataclass(frozen=True, slots=True)
+class _Checks:
+    base_model: str | None
+    token_limit: int | None
+    min_examples: int
+
+    def validator(self, side: Side, method: Method) -> DatasetValidator:
+        return DatasetValidator(
+            method=method,
+            base_model=self.base_model,
+            token_limit=self.token_limit,
+            min_examples=self.min_examples if side == "train" else 0,
+        )
+
+
 def _write_examples(
     conn: Connection,
     dataset: sa.Row[Any],
@@ -221,7 +235,10 @@ def _write_examples(
     train_on: TrainOn,
     prune_rules: Sequence[Any],
     workdir: Path,
+    checks: _Checks,
+    skip_invalid: bool,
 ) -> tuple[dict[Side, _Side], list[dict[str, Any]]]:
+    """Convert, split, validate and write every entry (validated before it is written)."""
     sides: dict[Side, _Side] = {}
     skipped: list[dict[str, Any]] = []
     try:
@@ -229,74 +246,45 @@ def _write_examples(
             sides[side] = _Side(
                 chat=(workdir / f"{side}.jsonl").open("wb"),
                 preference=(workdir / f"preference_{side}.jsonl").open("wb"),
+                chat_check=checks.validator(side, "supervised"),
+                preference_check=checks.validator(side, "dpo"),
             )
         for row in _entries(conn, dataset, rules.stratify_by):
-            label = f"entry {row.id} (call {row.call_id})"
-            request = orjson.loads(row.request)
-            response = orjson.loads(row.response) if row.response is not None else None
-            newer = orjson.loads(row.output) if row.output is not None else None
             try:
-                example = chat_example(
-                    request, response, output=newer, train_on=train_on, prune_rules=prune_rules
-                )
-                preference = (
-                    preference_example(request, newer, output_message(response), prune_rules=prune_rules)
-                    if newer is not None and response is not None
-                    else None
-                )
+                example, preference = _convert(row, train_on, prune_rules)
             except UnconvertibleCallError as exc:
                 skipped.append({"entry": str(row.id), "call_id": row.call_id, "reason": str(exc)})
                 continue
             key = row.cluster_key or row.input_hash or row.call_id
             stratum = row.stratum if rules.stratify_by is not None else None
-            files = sides[stable_split(key, rules.test_fraction, salt=rules.salt, stratum=stratum)]
+            side = stable_split(key, rules.test_fraction, salt=rules.salt, stratum=stratum)
+            files = sides[side]
+            label = f"{side}.jsonl:{len(files.call_ids) + 1}: entry {row.id} (call {row.call_id})"
+            issues = [issue for issue in files.chat_check.add(label, example) if issue.severity == "error"]
+            if issues and skip_invalid:
+                files.chat_check.forget(label)
+                reason = "; ".join(f"{issue.field}: {issue.message}" for issue in issues)
+                skipped.append({"entry": str(row.id), "call_id": row.call_id, "reason": reason})
+                continue
             files.chat.write(orjson.dumps(example) + b"\n")
             files.call_ids.append(row.call_id)
-            files.labels.append(label)
             if preference is not None:
+                number = files.preference_pairs + 1
+                pair_label = f"preference_{side}.jsonl:{number}: entry {row.id} (call {row.call_id})"
+                found = files.preference_check.add(pair_label, preference)
+                if skip_invalid and any(issue.severity == "error" for issue in found):
+                    files.preference_check.forget(pair_label)  # the pair is left out, the entry stays
+                    continue
                 files.preference.write(orjson.dumps(preference) + b"\n")
-                files.preference_labels.append(label)
+                files.preference_pairs += 1
     finally:
         for opened in sides.values():
             opened.chat.close()
             opened.preference.close()
     for side_name, written in sides.items():
-        if not written.preference_labels:
+        if not written.preference_pairs:
             (workdir / f"preference_{side_name}.jsonl").unlink()
     return sides, skipped
-
-
-def _read_examples(path: Path, labels: Sequence[str]) -> Iterator[tuple[str, Any]]:
-    with path.open("rb") as lines:
-        for number, (line, label) in enumerate(zip(lines, labels, strict=True), 1):
-            yield f"{path.name}:{number}: {label}", orjson.loads(line)
-
-
-def _validate(
-    workdir: Path,
-    sides: Mapping[Side, _Side],
-    base_model: str | None,
-    token_limit: int | None,
-    min_examples: int,
-) -> dict[str, ValidationReport]:
-    """Validate the files as written (so what passes is exactly what was checked)."""
-    reports: dict[str, ValidationReport] = {}
-    for side, files in sides.items():
-        for kind, labels, method in (
-            ("", files.labels, "supervised"),
-            ("preference_", files.preference_labels, "dpo"),
-        ):
-            path = workdir / f"{kind}{side}.jsonl"
-            if kind and not labels:
-                continue
-            reports[f"{kind}{side}"] = validate_dataset(
-                _read_examples(path, labels),
-                method=method,  # type: ignore[arg-type]
-                base_model=base_model,
-                token_limit=token_limit,
-                min_examples=min_examples if side == "train" else 0,
-            )
-    return reports
 
 
 def _version_notes(conn: Connection, dataset: sa.Row[Any]) -> list[str]:
@@ -313,60 +301,43 @@ def _version_notes(conn: Connection, dataset: sa.Row[Any]) -> list[str]:
     ]
 
 
+def _convert(
+    row: sa.Row[Any], train_on: TrainOn, prune_rules: Sequence[Any]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """An entry's chat example, and its preference pair when it has a newer output than the call's."""
+    request = orjson.loads(row.request)
+    response = orjson.loads(row.response) if row.response is not None else None
+    newer = orjson.loads(row.output) if row.output is not None else None
+    example = chat_example(request, response, output=newer, train_on=train_on, prune_rules=prune_rules)
+    preference = (
+        preference_example(request, newer, output_message(response), prune_rules=prune_rules)
+        if newer is not None and response is not None
+        else None
+    )
+    return example, preference
+
+
 def _drop_thin_preferences(
     workdir: Path, sides: Mapping[Side, _Side], reports: dict[str, ValidationReport]
 ) -> list[str]:
     """Preference (DPO) files are an extra: too few pairs for training leaves them out, with a note,
-    instead of failing the export."""
+    instead of failing the export. Without any pair, there are no preference reports at all."""
     report = reports.get("preference_train")
-    if report is None or not any(issue.code == "too_few_examples" for issue in report.errors):
+    pairs = sum(files.preference_pairs for files in sides.values())
+    if report is None or pairs == 0:
+        for side in sides:
+            reports.pop(f"preference_{side}", None)
         return []
-    pairs = report.examples
+    if not any(issue.code == "too_few_examples" for issue in report.errors):
+        return []
     for side, files in sides.items():
         (workdir / f"preference_{side}.jsonl").unlink(missing_ok=True)
         reports.pop(f"preference_{side}", None)
-        files.preference_labels = []
+        files.preference_pairs = 0
     return [
-        f"preference files not written: {pairs} training pairs, fine-tuning needs at least {MIN_EXAMPLES}"
+        f"preference files not written: {report.examples} training pairs, fine-tuning needs at least "
+        f"{MIN_EXAMPLES}"
     ]
-
-
-def _drop_invalid(
-    workdir: Path, sides: dict[Side, _Side], errors: Sequence[Issue]
-) -> tuple[dict[Side, _Side], list[dict[str, Any]]]:
-    """Rewrite the files without the lines that have errors; those entries become skipped."""
-    bad = {issue.entry.split(": ", 1)[1] for issue in errors if issue.entry and ": " in issue.entry}
-    skipped: list[dict[str, Any]] = []
-    for side, files in sides.items():
-        for kind, labels in (("", files.labels), ("preference_", files.preference_labels)):
-            path = workdir / f"{kind}{side}.jsonl"
-            if not labels:
-                continue
-            kept_labels: list[str] = []
-            kept_ids: list[str] = []
-            with path.open("rb") as source, (workdir / f"{path.name}.kept").open("wb") as kept:
-                for index, (line, label) in enumerate(zip(source, labels, strict=True)):
-                    if label in bad:
-                        if not kind:
-                            reasons = [i.message for i in errors if i.entry and i.entry.endswith(label)]
-                            skipped.append(
-                                {
-                                    "entry": label.split()[1],
-                                    "call_id": files.call_ids[index],
-                                    "reason": "; ".join(reasons),
-                                }
-                            )
-                        continue
-                    kept.write(line)
-                    kept_labels.append(label)
-                    if not kind:
-                        kept_ids.append(files.call_ids[index])
-            os.replace(workdir / f"{path.name}.kept", path)
-            if kind:
-                files.preference_labels = kept_labels
-            else:
-                files.labels, files.call_ids = kept_labels, kept_ids
-    return sides, skipped
 
 
 def _invalid(errors: Sequence[Issue], name: str) -> ExportError:
@@ -429,8 +400,8 @@ def _manifest(
         "counts": {
             "train": len(sides["train"].call_ids),
             "test": len(sides["test"].call_ids),
-            "preference_train": len(sides["train"].preference_labels),
-            "preference_test": len(sides["test"].preference_labels),
+            "preference_train": sides["train"].preference_pairs,
+            "preference_test": sides["test"].preference_pairs,
             "skipped": len(skipped),
         },
         "splits": {side: files.call_ids for side, files in sides.items()},

@@ -1,16 +1,20 @@
-"""``flywheel quickstart``: an offline tour from app traffic to rows you can query.
+"""``flywheel quickstart``: an offline tour from app traffic to validated fine-tuning files.
 
 Starts the mock server on loopback, sends a realistic batch of tagged calls through ``sdk.OpenAI``
 and ``sdk.AsyncOpenAI`` (plain, streamed, a tool call, structured output, retried and failing
-calls), flushes, and reports what landed in the store with the SQL to look at it. Needs no network
-and no API key.
+calls, support tickets of which some are near-copies), flushes, and reports what landed in the
+store with the SQL to look at it. Then it runs the flywheel on the ``classify-v2`` traffic: a
+dataset, dedup, a relabel by a teacher model (the mock server again), and an export of
+train/test files that pass validation. Needs no network and no API key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +34,34 @@ TICKETS = [
 
 SYSTEM = "You are a support triage assistant. Reply with one category: billing, login, bug or other."
 
+# More tickets, varied the way real traffic is (what went wrong, with what, and the customer's own
+# words), and now and then a near-copy of an earlier one (a customer writing again, a word
+# changed) for dedup to find.
+PROBLEMS = [
+    "was charged twice for",
+    "cannot download the invoice of",
+    "see the wrong VAT number on",
+    "need a refund for",
+    "got a late fee on",
+    "want to split the payment of",
+]
+SUBJECTS = [
+    "the October invoice",
+    "my annual plan",
+    "order 4471",
+    "the five team seats we added",
+    "last week's upgrade",
+    "our Berlin office account",
+]
+CONTEXTS = [
+    "I already emailed support twice about it.",
+    "This is urgent because our audit starts on Friday.",
+    "We are on the Pro plan since March.",
+    "The card on file ends in 4242.",
+    "Our finance team keeps asking me for an answer.",
+    "It started right after your billing migration.",
+]
+
 LOOKUP_TOOL = {
     "type": "function",
     "function": {
@@ -44,6 +76,10 @@ LOOKUP_TOOL = {
 }
 
 
+DATASET = "triage"
+DEFAULT_OUT_DIR = "flywheel-export"
+
+
 @dataclass(frozen=True)
 class QuickstartResult:
     database_url: str
@@ -52,6 +88,8 @@ class QuickstartResult:
     rows_before: int
     rows_after: int
     errors_seen: int
+    manifest: dict[str, Any]
+    """The export's manifest.json."""
 
 
 def _messages(text: str) -> list[dict[str, str]]:
@@ -149,12 +187,35 @@ def _send_batch(base_url: str, url: str) -> tuple[int, int]:
         return len(TICKETS)
 
     sent += asyncio.run(async_calls())
+    with sdk.tags(feature="triage"):
+        for text in support_tickets():
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=_messages(text), tags={"prompt_id": "classify-v2"}
+            )
+            sent += 1
     client.close()
     return sent, errors
 
 
-def run_quickstart(database_url: str | None = None, echo: Callable[[str], Any] = print) -> QuickstartResult:
-    """Run the tour against ``database_url`` (default: ``FLYWHEEL_DATABASE_URL`` or ``flywheel.db``)."""
+def support_tickets() -> list[str]:
+    """36 distinct tickets (any two differ in at least two of their three parts) and 6 near-copies."""
+    tickets: list[str] = []
+    for n in range(36):
+        problem, subject = n % 6, n // 6
+        context = (problem + subject) % 6  # a Latin square: two tickets share at most one part
+        tickets.append(f"Hi, I {PROBLEMS[problem]} {SUBJECTS[subject]}. {CONTEXTS[context]}")
+        if n % 6 == 5:
+            tickets.append(tickets[-3].replace("Hi,", "Hello,").replace(" I ", " we "))
+    return tickets
+
+
+def run_quickstart(
+    database_url: str | None = None,
+    echo: Callable[[str], Any] = print,
+    out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR,
+) -> QuickstartResult:
+    """Run the tour against ``database_url`` (default: ``FLYWHEEL_DATABASE_URL`` or ``flywheel.db``),
+    writing the exported files into ``out_dir``."""
     import sdk
     from flywheel.mock_server import MockServer
 
@@ -170,10 +231,44 @@ def run_quickstart(database_url: str | None = None, echo: Callable[[str], Any] =
         echo(f"store: {shown}")
         sent, errors = _send_batch(server.base_url, url)
         sdk.flush(timeout=60)
-    after = _count_rows(url)
-    echo(f"sent {sent} HTTP requests through sdk.OpenAI / sdk.AsyncOpenAI; the app saw {errors} error(s)")
-    echo(f"rows in `calls`: {before} -> {after}")
-    return QuickstartResult(url, server.base_url, sent, before, after, errors)
+        after = _count_rows(url)
+        echo(f"sent {sent} HTTP requests through sdk.OpenAI / sdk.AsyncOpenAI; the app saw {errors} error(s)")
+        echo(f"rows in `calls`: {before} -> {after}")
+        exported = _run_flywheel(url, server.base_url, Path(out_dir), echo)
+        sdk.flush(timeout=60)
+    return QuickstartResult(url, server.base_url, sent, before, after, errors, exported)
+
+
+def _run_flywheel(url: str, base_url: str, out_dir: Path, echo: Callable[[str], Any]) -> dict[str, Any]:
+    """The flywheel on the classify-v2 traffic: dataset, dedup, relabel, export. The manifest."""
+    from flywheel.datasets import create_dataset
+    from flywheel.dedup import dedup_dataset
+    from flywheel.export import SplitRules, export_dataset
+    from flywheel.query import CallFilter
+    from flywheel.relabel import relabel_dataset
+
+    echo("")
+    echo(f"$ flywheel dataset create {DATASET} --tag prompt_id=classify-v2 --status ok")
+    added = create_dataset(url, DATASET, CallFilter(tags=(("prompt_id", "classify-v2"),), status="ok"))
+    echo(f"  {added.added} new entries, {added.dataset.entries} in all (version {added.dataset.version})")
+    echo(f"$ flywheel dedup {DATASET}")
+    deduped = dedup_dataset(url, DATASET)
+    echo(
+        f"  {deduped.clusters} clusters: took out {deduped.duplicates} exact and "
+        f"{deduped.near_duplicates} near-duplicates, {deduped.entries - deduped.removed} entries left"
+    )
+    echo(f"$ flywheel relabel {DATASET} --model gpt-4o   (the teacher: the mock server again)")
+    relabeled = relabel_dataset(url, DATASET, model="gpt-4o", base_url=base_url, api_key="sk-quickstart")
+    echo(f"  {relabeled.relabeled} entries relabeled, {relabeled.teacher_calls} teacher calls recorded")
+    echo(f"$ flywheel export {DATASET} --out {out_dir} --test-fraction 0.2")
+    result = export_dataset(url, DATASET, out_dir, split=SplitRules(test_fraction=0.2))
+    counts = result.counts
+    echo(
+        f"  {counts['train']} train and {counts['test']} test examples, "
+        f"{counts['preference_train'] + counts['preference_test']} preference pairs; validated, "
+        f"manifest in {out_dir / 'manifest.json'}"
+    )
+    return result.manifest
 
 
 NEXT_STEPS = """
@@ -181,10 +276,17 @@ Look at them:
   flywheel logs --limit 10
   flywheel logs --tag prompt_id=classify-v2 --status ok
   flywheel stats --by model --by tag:prompt_id
+  flywheel dataset show triage
+  head -c 600 flywheel-export/train.jsonl
 
 Or with SQL (sqlite3 flywheel.db):
   SELECT created_at, model, status_code, latency_ms, cost_usd FROM calls ORDER BY created_at DESC LIMIT 10;
   SELECT t.value AS prompt_id, count(*), sum(c.cost_usd) FROM calls c
     JOIN call_tags t ON t.call_id = c.id AND t.key = 'prompt_id' GROUP BY t.value;
   SELECT last_message, reply FROM chat_calls LIMIT 5;
+  SELECT version, action, details FROM dataset_versions;
+
+Review by hand:
+  flywheel review export triage --out review.jsonl   # edit the "output" of some lines, then:
+  flywheel review import triage review.jsonl
 """

@@ -34,7 +34,7 @@ import base64
 import gzip
 import hashlib
 from collections.abc import Mapping, Sequence
-from functools import cache, lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
@@ -189,14 +189,27 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
 def count_text(text: str, encoding: tiktoken.Encoding) -> int:
     """Tokens in ``text``. Special-token text such as ``<|endoftext|>`` counts as ordinary text,
     the way the API reads it inside a message."""
-    return _cached_count(text, encoding)
+    counts = _counts_of(encoding)
+    found = counts.get(text)
+    if found is None:
+        found = counts[text] = len(encoding.encode_ordinary(text))
+    return found
 
 
-@lru_cache(maxsize=16_384)
-def _cached_count(text: str, encoding: tiktoken.Encoding) -> int:
+_COUNT_CACHE_SIZE = 100_000
+_counts_by_encoding: dict[int, tuple[tiktoken.Encoding, dict[str, int]]] = {}
+
+
+def _counts_of(encoding: tiktoken.Encoding) -> dict[str, int]:
     # Datasets repeat the same texts in every example (roles, a long system prompt, tool
-    # definitions): each is encoded once.
-    return len(encoding.encode(text, disallowed_special=()))
+    # definitions): each is encoded once. Bounded: emptied when full (the repeated texts come back
+    # at once), so a million distinct messages never pile up.
+    held = _counts_by_encoding.get(id(encoding))
+    if held is None or held[0] is not encoding:
+        held = _counts_by_encoding[id(encoding)] = (encoding, {})
+    if len(held[1]) > _COUNT_CACHE_SIZE:
+        held[1].clear()
+    return held[1]
 
 
 def count_messages(messages: Sequence[Any], encoding: tiktoken.Encoding) -> int:

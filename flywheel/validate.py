@@ -35,6 +35,7 @@ __all__ = [
     "ISSUE_CODES",
     "MIN_EXAMPLES",
     "TOKEN_LIMITS",
+    "DatasetValidator",
     "Issue",
     "Method",
     "Severity",
@@ -585,6 +586,95 @@ class ValidationReport:
         }
 
 
+class DatasetValidator:
+    """``validate_dataset`` one example at a time: ``add`` gives each example's own issues at once
+    (so a writer can leave it out), ``report`` the whole file's, dataset-level checks included.
+
+    Parameters as for ``validate_dataset``.
+    """
+
+    def __init__(
+        self,
+        *,
+        method: Method = "supervised",
+        base_model: str | None = None,
+        token_limit: int | None = None,
+        min_examples: int = MIN_EXAMPLES,
+    ) -> None:
+        self.method = method
+        self.base_model = base_model
+        self.min_examples = min_examples
+        self.encoding = encoding_for_model(base_model or "gpt-4o")
+        self.limit = (
+            token_limit
+            if token_limit is not None
+            else (training_token_limit(base_model) if base_model else None)
+        )
+        self._validate = validate_chat_example if method == "supervised" else validate_preference_example
+        self.issues: list[Issue] = []
+        self.counts: dict[str, int] = {}
+        self.total = 0
+        self._forgotten: set[str] = set()
+
+    def add(self, entry: str, example: Any) -> list[Issue]:
+        """Check one example (``entry`` names it in issues); its issues, also kept for ``report``."""
+        self.total += 1
+        found = self._validate(example, entry=entry)
+        if isinstance(example, Mapping):
+            tokens = (
+                count_chat_example(example, self.encoding)
+                if self.method == "supervised"
+                else _preference_tokens(example, self.encoding)
+            )
+            self.counts[entry] = tokens
+            if self.limit is not None and tokens > self.limit:
+                found.append(
+                    Issue(
+                        "too_many_tokens",
+                        "",
+                        f"{tokens} tokens, over the limit of {self.limit} per example "
+                        "(it would be truncated)",
+                        entry,
+                    )
+                )
+        self.issues.extend(found)
+        return found
+
+    def forget(self, entry: str) -> None:
+        """Leave an added example out of the file: out of the counts and of ``report``'s issues."""
+        self.total -= 1
+        self.counts.pop(entry, None)
+        self._forgotten.add(entry)
+
+    def report(self) -> ValidationReport:
+        forgotten = self._forgotten
+        issues = (
+            [issue for issue in self.issues if issue.entry not in forgotten]
+            if forgotten
+            else list(self.issues)
+        )
+        if self.total < self.min_examples:
+            issues.append(
+                Issue(
+                    "too_few_examples",
+                    "",
+                    f"{self.total} examples; fine-tuning needs at least {self.min_examples}",
+                    None,
+                )
+            )
+        if self.limit is None and self.base_model:
+            issues.append(
+                Issue(
+                    "unknown_base_model",
+                    "",
+                    f"no token limit known for {self.base_model!r}; pass a token limit to check lengths",
+                    None,
+                    "warning",
+                )
+            )
+        return ValidationReport(self.total, tuple(issues), dict(self.counts), self.limit)
+
+
 def validate_dataset(
     examples: Iterable[tuple[str, Any]],
     *,
@@ -601,50 +691,12 @@ def validate_dataset(
     not checked (and an unknown ``base_model`` is reported as a warning). ``min_examples`` is
     OpenAI's minimum for a training file; pass 0 for a test file.
     """
-    encoding = encoding_for_model(base_model or "gpt-4o")
-    limit = (
-        token_limit if token_limit is not None else (training_token_limit(base_model) if base_model else None)
+    validator = DatasetValidator(
+        method=method, base_model=base_model, token_limit=token_limit, min_examples=min_examples
     )
-    validate = validate_chat_example if method == "supervised" else validate_preference_example
-    issues: list[Issue] = []
-    counts: dict[str, int] = {}
-    total = 0
     for entry, example in examples:
-        total += 1
-        issues.extend(validate(example, entry=entry))
-        if not isinstance(example, Mapping):
-            continue
-        counts[entry] = (
-            count_chat_example(example, encoding)
-            if method == "supervised"
-            else _preference_tokens(example, encoding)
-        )
-        if limit is not None and counts[entry] > limit:
-            issues.append(
-                Issue(
-                    "too_many_tokens",
-                    "",
-                    f"{counts[entry]} tokens, over the limit of {limit} per example (it would be truncated)",
-                    entry,
-                )
-            )
-    if total < min_examples:
-        issues.append(
-            Issue(
-                "too_few_examples", "", f"{total} examples; fine-tuning needs at least {min_examples}", None
-            )
-        )
-    if limit is None and base_model:
-        issues.append(
-            Issue(
-                "unknown_base_model",
-                "",
-                f"no token limit known for {base_model!r}; pass a token limit to check lengths",
-                None,
-                "warning",
-            )
-        )
-    return ValidationReport(total, tuple(issues), counts, limit)
+        validator.add(entry, example)
+    return validator.report()
 
 
 def _preference_tokens(example: Mapping[str, Any], encoding: tiktoken.Encoding) -> int:
