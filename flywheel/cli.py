@@ -11,9 +11,10 @@ usage). Any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, TypeVar
 
 import click
@@ -22,7 +23,7 @@ import orjson
 from sdk._config import database_url
 
 from . import __version__
-from .datasets import AddResult, create_dataset, get_dataset, list_datasets, update_dataset
+from .datasets import AddResult, Progress, create_dataset, get_dataset, list_datasets, update_dataset
 from .dedup import dedup_dataset
 from .errors import FlywheelError, StoreError, UsageError, display_url
 from .export import SplitRules, export_dataset
@@ -256,6 +257,31 @@ def _usd(value: float | None) -> str:
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@contextlib.contextmanager
+def _progress_bar(label: str, *, quiet: bool) -> Iterator[Progress | None]:
+    """A progress bar on stderr for a long step (``progress(done, total)``), when stderr is a terminal
+    and the output is not ``--json``; otherwise nothing (no callback)."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    bar: Any = None
+    shown = 0
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar, shown
+        if bar is None:
+            bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr, show_pos=True)
+            bar.__enter__()
+        bar.update(done - shown)
+        shown = done
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -648,7 +674,10 @@ def dedup_command(
     dataset (never deleted; entries already exported always stay). Stable as data grows: a later
     near-copy never replaces an entry that was exported.
     """
-    result = dedup_dataset(_db(db_url), name, threshold=threshold, exact=exact, dry_run=dry_run, show=show)
+    with _progress_bar("reading entries", quiet=as_json) as progress:
+        result = dedup_dataset(
+            _db(db_url), name, threshold=threshold, exact=exact, dry_run=dry_run, show=show, progress=progress
+        )
     if as_json:
         _print_json_lines([result.as_dict()])
         return
@@ -924,18 +953,20 @@ def export_command(
             stratify_by=stored.stratify_by if stratify_by is None else (stratify_by or None),
             salt=stored.salt if salt is None else salt,
         )
-    result = export_dataset(
-        url,
-        name,
-        out_dir,
-        split=split,
-        train_on=train_on,
-        base_model=base_model,
-        token_limit=token_limit,
-        min_examples=min_examples,
-        skip_invalid=skip_invalid,
-        dry_run=dry_run,
-    )
+    with _progress_bar("exporting", quiet=as_json) as progress:
+        result = export_dataset(
+            url,
+            name,
+            out_dir,
+            split=split,
+            train_on=train_on,
+            base_model=base_model,
+            token_limit=token_limit,
+            min_examples=min_examples,
+            skip_invalid=skip_invalid,
+            dry_run=dry_run,
+            progress=progress,
+        )
     if as_json:
         _print_json_lines([result.as_dict()])
         return

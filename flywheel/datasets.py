@@ -19,7 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,8 @@ __all__ = [
     "DatasetInfo",
     "DatasetVersion",
     "NotFoundError",
+    "Progress",
+    "count_entries",
     "create_dataset",
     "current_output_id",
     "entries_at",
@@ -263,6 +265,21 @@ def current_output_id(version: int) -> ColumnElement[Any]:
         .limit(1)
         .correlate(dataset_entries)
         .scalar_subquery()
+    )
+
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: how far a step over a dataset's entries has got (called every batch)."""
+
+
+def count_entries(conn: Connection, dataset: sa.Row[Any]) -> int:
+    """How many entries the dataset holds at its newest version."""
+    return int(
+        conn.execute(
+            sa.select(sa.func.count())
+            .select_from(dataset_entries)
+            .where(entries_at(dataset.id, dataset.version))
+        ).scalar_one()
     )
 
 

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 
 from sdk.schema import calls, dataset_entries, datasets
 
-from .datasets import entries_at, record_version, require_dataset, write_transaction
+from .datasets import Progress, count_entries, entries_at, record_version, require_dataset, write_transaction
 from .errors import UsageError
 from .near_duplicates import DEFAULT_THRESHOLD, choose_representative, input_text, near_duplicate_clusters
 from .query import connect
@@ -120,13 +120,15 @@ def dedup_dataset(
     exact: bool = False,
     dry_run: bool = False,
     show: int = 10,
+    progress: Progress | None = None,
     now: datetime | None = None,
 ) -> DedupResult:
     """Find the duplicate clusters of dataset ``name`` and keep one entry per cluster.
 
     ``threshold`` is the estimated Jaccard similarity of two inputs' word bigrams (boilerplate left
     out) from which they count as near-duplicates; the default 0.5 takes templated prompts that
-    differ in a word or two as copies. ``exact`` compares input hashes only.
+    differ in a word or two as copies. ``exact`` compares input hashes only. ``progress(done,
+    total)`` is called as the entries are read.
     """
     if not 0 < threshold <= 1:
         raise UsageError(f"threshold must be above 0 and at most 1, got {threshold}", "--threshold")
@@ -134,7 +136,8 @@ def dedup_dataset(
     with connect(database_url) as conn:
         dataset = require_dataset(conn, name)
         seen = _Entries()
-        items = _items(conn, dataset, seen, with_text=not exact)
+        total = count_entries(conn, dataset) if progress is not None else 0
+        items = _items(conn, dataset, seen, with_text=not exact, progress=progress, total=total)
         if exact:
             for _ in items:  # only the bookkeeping: clusters come from the input hashes
                 pass
@@ -192,7 +195,13 @@ def dedup_dataset(
 
 
 def _items(
-    conn: Connection, dataset: sa.Row[Any], seen: _Entries, *, with_text: bool
+    conn: Connection,
+    dataset: sa.Row[Any],
+    seen: _Entries,
+    *,
+    with_text: bool,
+    progress: Progress | None = None,
+    total: int = 0,
 ) -> Iterator[tuple[int, str]]:
     """``(entry id, compared text)`` oldest call first, noting what the rule needs on the way."""
     e, c = dataset_entries.c, calls.c
@@ -206,7 +215,9 @@ def _items(
         .order_by(e.call_id)
         .execution_options(stream_results=True, yield_per=BATCH_ROWS)
     )
-    for row in conn.execute(statement):
+    for done, row in enumerate(conn.execute(statement), 1):
+        if progress is not None and done % BATCH_ROWS == 0:
+            progress(done, total)
         entry = int(row.id)
         seen.ids.append(entry)
         seen.keys[entry] = row.cluster_key or row.input_hash or row.call_id
@@ -223,6 +234,8 @@ def _items(
             yield entry, text
         else:
             yield entry, ""
+    if progress is not None:
+        progress(total, total)
 
 
 def _same_input(seen: _Entries, entry: int, other: int) -> bool:

@@ -38,7 +38,14 @@ from sqlalchemy.engine import Connection
 from sdk.schema import call_tags, calls, dataset_entries, dataset_versions, datasets, entry_outputs, exports
 
 from . import __version__
-from .datasets import current_output_id, entries_at, require_dataset, write_transaction
+from .datasets import (
+    Progress,
+    count_entries,
+    current_output_id,
+    entries_at,
+    require_dataset,
+    write_transaction,
+)
 from .errors import FlywheelError
 from .finetune_format import (
     TrainOn,
@@ -128,6 +135,7 @@ def export_dataset(
     min_examples: int = MIN_EXAMPLES,
     skip_invalid: bool = False,
     dry_run: bool = False,
+    progress: Progress | None = None,
     now: datetime | None = None,
 ) -> ExportResult:
     """Export dataset ``name`` at its newest version into ``out_dir`` (created if needed).
@@ -135,7 +143,8 @@ def export_dataset(
     ``split`` replaces the stored split rules (the first export stores the defaults: 10 % test,
     no stratification). ``base_model`` selects the token limit per example (or ``token_limit``).
     Raises ``ExportError`` listing the invalid entries unless ``skip_invalid``; ``dry_run``
-    validates and counts but writes nothing and records nothing.
+    validates and counts but writes nothing and records nothing. ``progress(done, total)`` is
+    called as entries are written.
     """
     target = Path(out_dir)
     moment = now.astimezone(UTC) if now is not None else datetime.now(UTC)
@@ -149,7 +158,7 @@ def export_dataset(
         try:
             checks = _Checks(base_model, token_limit, min_examples)
             sides, skipped = _write_examples(
-                conn, dataset, rules, train_on, prune_rules, workdir, checks, skip_invalid
+                conn, dataset, rules, train_on, prune_rules, workdir, checks, skip_invalid, progress
             )
             reports: dict[str, ValidationReport] = {
                 **{side: files.chat_check.report() for side, files in sides.items()},
@@ -237,10 +246,12 @@ def _write_examples(
     workdir: Path,
     checks: _Checks,
     skip_invalid: bool,
+    progress: Progress | None,
 ) -> tuple[dict[Side, _Side], list[dict[str, Any]]]:
     """Convert, split, validate and write every entry (validated before it is written)."""
     sides: dict[Side, _Side] = {}
     skipped: list[dict[str, Any]] = []
+    total = count_entries(conn, dataset) if progress is not None else 0
     try:
         for side in ("train", "test"):
             sides[side] = _Side(
@@ -249,7 +260,9 @@ def _write_examples(
                 chat_check=checks.validator(side, "supervised"),
                 preference_check=checks.validator(side, "dpo"),
             )
-        for row in _entries(conn, dataset, rules.stratify_by):
+        for done, row in enumerate(_entries(conn, dataset, rules.stratify_by), 1):
+            if progress is not None and done % BATCH_ROWS == 0:
+                progress(done, total)
             try:
                 example, preference = _convert(row, train_on, prune_rules)
             except UnconvertibleCallError as exc:
@@ -277,6 +290,8 @@ def _write_examples(
                     continue
                 files.preference.write(orjson.dumps(preference) + b"\n")
                 files.preference_pairs += 1
+        if progress is not None:
+            progress(total, total)
     finally:
         for opened in sides.values():
             opened.chat.close()

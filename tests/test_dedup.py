@@ -116,8 +116,9 @@ def test_exported_entries_that_turn_out_duplicates_both_stay(db_url: str, tmp_pa
 
 def test_dry_run_and_rerun(db_url: str) -> None:
     make(db_url)
-    dry = dedup_dataset(db_url, "support", dry_run=True)
-    assert dry.removed == 4 and dry.version is None
+    seen: list[tuple[int, int]] = []
+    dry = dedup_dataset(db_url, "support", dry_run=True, progress=lambda *p: seen.append(p))
+    assert dry.removed == 4 and dry.version is None and seen[-1] == (16, 16)
     assert get_dataset(db_url, "support").version == 1
     dedup_dataset(db_url, "support")
     again = dedup_dataset(db_url, "support")

@@ -208,7 +208,11 @@ def test_stratified_split_uses_the_tag(db_url: str, tmp_path: Path) -> None:
 
 def test_dry_run_writes_and_records_nothing(db_url: str, tmp_path: Path) -> None:
     make(db_url)
-    result = export_dataset(db_url, "support", tmp_path / "out", dry_run=True)
+    seen: list[tuple[int, int]] = []
+    result = export_dataset(
+        db_url, "support", tmp_path / "out", dry_run=True, progress=lambda *p: seen.append(p)
+    )
+    assert seen[-1] == (40, 40)
     assert result.counts["train"] + result.counts["test"] == 40
     assert list((tmp_path / "out").iterdir()) == []
     assert scalar(db_url, "SELECT count(*) FROM exports") == 0
