@@ -30,23 +30,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _report import PERFORMANCE_DOC as DOC  # noqa: E402  (bench/ is on sys.path when run as a script)
 from _report import update_section  # noqa: E402
+from _stores import scratch_store  # noqa: E402
 
 SECTION = "## Flywheel steps at scale"
-PG_SERVER_URL = os.environ.get("FLYWHEEL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 LOAD_BATCH = 5000
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 
@@ -201,48 +199,12 @@ def run_steps(url: str, count: int, out_dir: Path) -> dict[str, Any]:
 
 
 def child(store: str, count: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "export"
-        if store == "sqlite":
-            return run_steps(f"sqlite:///{tmp}/scale.db", count, out)
-        name = f"flywheel_scale_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        admin = sa.create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        try:
-            url = sa.make_url(PG_SERVER_URL).set(database=name).render_as_string(hide_password=False)
-            return run_steps(url, count, out)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    with tempfile.TemporaryDirectory() as tmp, scratch_store(store, Path(tmp)) as url:
+        return run_steps(url, count, Path(tmp) / "export")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
-    parser.add_argument("--stores", default="sqlite,postgresql")
-    parser.add_argument("--write", action="store_true", help=f"update '{SECTION}' in docs/performance.md")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args.child, args.sizes[0])))
-        return 0
-    results = []
-    for size in args.sizes:
-        for store in args.stores.split(","):
-            done = subprocess.run(
-                [sys.executable, __file__, "--child", store, "--sizes", str(size)],
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode != 0:
-                print(done.stderr, file=sys.stderr)
-                return 1
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            result["store"] = store
-            results.append(result)
-            print(json.dumps(result), file=sys.stderr)
+def render(results: list[dict[str, Any]]) -> str:
+    """The performance.md section for these runs."""
     steps = list(results[0]["timings"])
     lines = [
         "| store | calls | entries | removed by dedup | train / test | "
@@ -256,16 +218,56 @@ def main() -> int:
             f"| {r['store']} | {r['calls']:,} | {r['entries']:,} | {r['removed']:,} "
             f"| {r['train']:,} / {r['test']:,} | {cells} | **{r['total_s']:.1f}** | {r['peak_rss_mb']:.0f} |"
         )
-    body = (
+    sizes = " ".join(str(size) for size in sorted({r["calls"] for r in results}))
+    return (
         f"{SECTION}\n\n"
-        f"`python bench/flywheel_scale.py --sizes {' '.join(map(str, args.sizes))}`: synthetic support "
-        "traffic (one long system prompt, templated user messages, 10 % near-copies, 5 % exact repeats), "
-        "loaded into the store untimed; then `dataset create` (a tag and status filter, ~80 % of the calls), "
-        "`dedup` and `export` (split, chat-format lines, validation with exact token counts, manifest), "
-        "timed one after the other, each size and store in its own process. Peak RSS is the whole "
-        f"process's. Python {platform.python_version()}, {os.cpu_count()} CPUs shared with the database "
-        "server. Target at 1,000,000 calls: <= 120 s and <= 2 GiB.\n\n" + "\n".join(lines) + "\n"
+        f"`python bench/flywheel_scale.py --sizes {sizes}`: synthetic support traffic (one long system "
+        "prompt, a templated opening and 12-40 words of the customer's own, 10 % near-copies, 5 % exact "
+        "repeats), loaded into the store untimed; then `dataset create` (a tag and status filter, ~80 % of "
+        "the calls), `dedup` and `export` (split, chat-format lines, validation with exact token counts, "
+        "manifest), timed one after the other, each size and store in its own process. Peak RSS is the "
+        f"whole process's. Python {platform.python_version()}, {os.cpu_count()} CPUs shared with the "
+        "database server. Target at 1,000,000 calls: <= 120 s and <= 2 GiB.\n\n" + "\n".join(lines) + "\n"
     )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument("--write", action="store_true", help=f"update '{SECTION}' in docs/performance.md")
+    parser.add_argument(
+        "--results", metavar="FILE", help="also append each run's figures to FILE (JSON Lines)"
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="print (and --write) the section from --results"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.sizes[0])))
+        return 0
+    results = (
+        [json.loads(line) for line in Path(args.results).read_text().splitlines()] if args.render else []
+    )
+    for size in [] if args.render else args.sizes:
+        for store in args.stores.split(","):
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", store, "--sizes", str(size)],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                print(done.stderr, file=sys.stderr)
+                return 1
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result["store"] = store
+            results.append(result)
+            print(json.dumps(result), file=sys.stderr)
+            if args.results:
+                with Path(args.results).open("a") as saved:
+                    saved.write(json.dumps(result) + "\n")
+    body = render(sorted(results, key=lambda r: (r["calls"], r["store"] != "sqlite")))
     print(body)
     if args.write:
         update_section(DOC, SECTION, body)

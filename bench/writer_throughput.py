@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from _report import PERFORMANCE_DOC as DOC  # noqa: E402  (bench/ is on sys.path when run as a script)
 from _report import update_section  # noqa: E402
+from _stores import scratch_store  # noqa: E402
 
 SECTION = "## Writer throughput"
-PG_SERVER_URL = os.environ.get("FLYWHEEL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TARGET = 20_000
 VARIANTS = 64
 
@@ -200,20 +199,8 @@ def run_store(url: str, records: int, spool_dir: Path) -> dict[str, Any]:
 
 
 def child(store: str, records: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        if store == "sqlite":
-            return run_store(f"sqlite:///{tmp}/bench.db", records, Path(tmp) / "spool")
-        name = f"flywheel_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        admin = sa.create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        try:
-            url = sa.make_url(PG_SERVER_URL).set(database=name).render_as_string(hide_password=False)
-            return run_store(url, records, Path(tmp) / "spool")
-        finally:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    with tempfile.TemporaryDirectory() as tmp, scratch_store(store, Path(tmp)) as url:
+        return run_store(url, records, Path(tmp) / "spool")
 
 
 def main() -> int:

@@ -920,6 +920,13 @@ def review_import_command(db_url: str | None, name: str, path: str, dry_run: boo
 @click.option(
     "--skip-invalid", is_flag=True, help="Leave out entries that fail validation (listed in the manifest)."
 )
+@click.option(
+    "--version",
+    "dataset_version",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Export the dataset as it was at version N (rebuilds an earlier export). Default: the newest.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
 @json_option
 def export_command(
@@ -934,6 +941,7 @@ def export_command(
     token_limit: int | None,
     min_examples: int,
     skip_invalid: bool,
+    dataset_version: int | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -965,6 +973,7 @@ def export_command(
             min_examples=min_examples,
             skip_invalid=skip_invalid,
             dry_run=dry_run,
+            version=dataset_version,
             progress=progress,
         )
     if as_json:

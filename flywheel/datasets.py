@@ -272,13 +272,11 @@ Progress = Callable[[int, int], None]
 """``progress(done, total)``: how far a step over a dataset's entries has got (called every batch)."""
 
 
-def count_entries(conn: Connection, dataset: sa.Row[Any]) -> int:
-    """How many entries the dataset holds at its newest version."""
+def count_entries(conn: Connection, dataset_id: int, version: int) -> int:
+    """How many entries the dataset holds at ``version``."""
     return int(
         conn.execute(
-            sa.select(sa.func.count())
-            .select_from(dataset_entries)
-            .where(entries_at(dataset.id, dataset.version))
+            sa.select(sa.func.count()).select_from(dataset_entries).where(entries_at(dataset_id, version))
         ).scalar_one()
     )
 

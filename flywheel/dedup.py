@@ -136,7 +136,7 @@ def dedup_dataset(
     with connect(database_url) as conn:
         dataset = require_dataset(conn, name)
         seen = _Entries()
-        total = count_entries(conn, dataset) if progress is not None else 0
+        total = count_entries(conn, dataset.id, dataset.version) if progress is not None else 0
         items = _items(conn, dataset, seen, with_text=not exact, progress=progress, total=total)
         if exact:
             for _ in items:  # only the bookkeeping: clusters come from the input hashes

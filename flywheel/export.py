@@ -46,7 +46,7 @@ from .datasets import (
     require_dataset,
     write_transaction,
 )
-from .errors import FlywheelError
+from .errors import FlywheelError, UsageError
 from .finetune_format import (
     TrainOn,
     UnconvertibleCallError,
@@ -135,6 +135,7 @@ def export_dataset(
     min_examples: int = MIN_EXAMPLES,
     skip_invalid: bool = False,
     dry_run: bool = False,
+    version: int | None = None,
     progress: Progress | None = None,
     now: datetime | None = None,
 ) -> ExportResult:
@@ -143,16 +144,18 @@ def export_dataset(
     ``split`` replaces the stored split rules (the first export stores the defaults: 10 % test,
     no stratification). ``base_model`` selects the token limit per example (or ``token_limit``).
     Raises ``ExportError`` listing the invalid entries unless ``skip_invalid``; ``dry_run``
-    validates and counts but writes nothing and records nothing. ``progress(done, total)`` is
-    called as entries are written.
+    validates and counts but writes nothing and records nothing. ``version`` exports the dataset
+    as it was at that version (its entries, their outputs and pruning rules then; the split rules
+    as stored), which rebuilds an earlier export file for file. ``progress(done, total)`` is called
+    as entries are written.
     """
     target = Path(out_dir)
     moment = now.astimezone(UTC) if now is not None else datetime.now(UTC)
     with connect(database_url) as conn:
-        dataset = require_dataset(conn, name)
+        dataset = _snapshot(conn, require_dataset(conn, name), version)
         settings = orjson.loads(dataset.settings)
         rules = split or SplitRules.from_dict(settings.get("split", {}))
-        prune_rules = [prune_rule_from_dict(rule) for rule in settings.get("prune_rules", [])]
+        prune_rules = [prune_rule_from_dict(rule) for rule in _prune_rules_at(conn, dataset, settings)]
         target.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=".flywheel-export-", dir=target))
         try:
@@ -189,7 +192,7 @@ def export_dataset(
 # --- reading and writing ---------------------------------------------------------------------------
 
 
-def _entries(conn: Connection, dataset: sa.Row[Any], stratify_by: str | None) -> Iterator[sa.Row[Any]]:
+def _entries(conn: Connection, dataset: _Snapshot, stratify_by: str | None) -> Iterator[sa.Row[Any]]:
     """The dataset's entries at its newest version, oldest call first, with what an example needs."""
     e, o, c = dataset_entries.c, entry_outputs.c, calls.c
     newest_output = current_output_id(dataset.version)
@@ -239,7 +242,7 @@ class _Checks:
 
 def _write_examples(
     conn: Connection,
-    dataset: sa.Row[Any],
+    dataset: _Snapshot,
     rules: SplitRules,
     train_on: TrainOn,
     prune_rules: Sequence[Any],
@@ -251,7 +254,7 @@ def _write_examples(
     """Convert, split, validate and write every entry (validated before it is written)."""
     sides: dict[Side, _Side] = {}
     skipped: list[dict[str, Any]] = []
-    total = count_entries(conn, dataset) if progress is not None else 0
+    total = count_entries(conn, dataset.id, dataset.version) if progress is not None else 0
     try:
         for side in ("train", "test"):
             sides[side] = _Side(
@@ -302,7 +305,40 @@ def _write_examples(
     return sides, skipped
 
 
-def _version_notes(conn: Connection, dataset: sa.Row[Any]) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """The dataset row, as of the version being exported."""
+
+    id: int
+    name: str
+    version: int
+    newest: int
+    filter: str
+    settings: str
+
+
+def _snapshot(conn: Connection, row: sa.Row[Any], version: int | None) -> _Snapshot:
+    if version is not None and not 1 <= version <= row.version:
+        raise UsageError(f"dataset {row.name!r} has versions 1 to {row.version}, not {version}", "--version")
+    at = row.version if version is None else version
+    return _Snapshot(row.id, row.name, at, row.version, row.filter, row.settings)
+
+
+def _prune_rules_at(conn: Connection, dataset: _Snapshot, settings: Mapping[str, Any]) -> list[Any]:
+    """The pruning rules in force at the exported version: the last ``rules`` version up to it."""
+    if dataset.version == dataset.newest:
+        return list(settings.get("prune_rules", []))
+    v = dataset_versions.c
+    details = conn.execute(
+        sa.select(v.details)
+        .where(v.dataset_id == dataset.id, v.action == "rules", v.version <= dataset.version)
+        .order_by(v.version.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return list(orjson.loads(details).get("prune_rules", [])) if details is not None else []
+
+
+def _version_notes(conn: Connection, dataset: _Snapshot) -> list[str]:
     """A warning when the version exported is a relabel run still going on (or interrupted)."""
     v = dataset_versions.c
     row = conn.execute(
@@ -391,7 +427,7 @@ def _move_into_place(workdir: Path, target: Path) -> None:
 
 
 def _manifest(
-    dataset: sa.Row[Any],
+    dataset: _Snapshot,
     settings: Mapping[str, Any],
     rules: SplitRules,
     train_on: TrainOn,
@@ -426,7 +462,7 @@ def _manifest(
 
 def _record_export(
     conn: Connection,
-    dataset: sa.Row[Any],
+    dataset: _Snapshot,
     settings: dict[str, Any],
     rules: SplitRules,
     target: Path,

@@ -153,3 +153,23 @@ def test_dedup_command(db_url: str) -> None:
     (done,) = json_lines(ok("dedup", "support", "--json", "--db", db_url))
     assert (done["removed"], done["version"]) == (4, 2)
     assert orjson.loads(orjson.dumps(done))["largest_clusters"]
+
+
+def test_an_earlier_version_is_exported_again_file_for_file(db_url: str, tmp_path: Path) -> None:
+    make(db_url)
+    dedup_dataset(db_url, "support")
+    newest = export_dataset(db_url, "support", tmp_path / "v2", min_examples=1)
+    assert newest.counts["train"] + newest.counts["test"] == 12
+    first = export_dataset(db_url, "support", tmp_path / "v1", min_examples=1, version=1)
+    assert first.manifest["dataset_version"] == 1
+    assert first.counts["train"] + first.counts["test"] == 16  # before dedup took the copies out
+    record_chats(db_url, ["a later call"], start=T0 + timedelta(days=9), system=SYSTEM, tags={"p": "s"})
+    update_dataset(db_url, "support")
+    for version, earlier in ((1, first), (2, newest)):
+        again = export_dataset(
+            db_url, "support", tmp_path / f"again{version}", min_examples=1, version=version
+        )
+        assert again.manifest["files"] == earlier.manifest["files"]
+        assert again.manifest["splits"] == earlier.manifest["splits"]
+    with pytest.raises(UsageError, match="versions 1 to 3"):
+        export_dataset(db_url, "support", tmp_path / "x", version=4)
