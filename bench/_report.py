@@ -15,6 +15,7 @@ def update_section(path: Path, heading: str, body: str) -> None:
         text = text.rstrip("\n") + "\n\n" + body
     else:
         end = text.find("\n## ", start + len(heading))
-        text = text[:start] + body + (text[end + 1 :] if end != -1 else "")
+        rest = "\n" + text[end + 1 :] if end != -1 else ""
+        text = text[:start] + body.rstrip("\n") + "\n" + rest
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -338,7 +338,7 @@ def _teacher_client(
     try:
         return sdk.AsyncOpenAI(api_key=api_key, base_url=base_url, database_url=database_url)
     except openai.OpenAIError as exc:
-        raise UsageError(str(exc), "--api-key / OPENAI_API_KEY") from None
+        raise UsageError(str(exc), "OPENAI_API_KEY") from None
 
 
 @dataclass(frozen=True, slots=True)
