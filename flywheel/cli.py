@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, TypeVar
@@ -927,6 +928,14 @@ def review_import_command(db_url: str | None, name: str, path: str, dry_run: boo
     metavar="N",
     help="Export the dataset as it was at version N (rebuilds an earlier export). Default: the newest.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=lambda: os.cpu_count() or 1,
+    show_default="the number of CPUs",
+    metavar="N",
+    help="Processes that convert and check entries, for datasets of 100,000 entries or more.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
 @json_option
 def export_command(
@@ -942,6 +951,7 @@ def export_command(
     min_examples: int,
     skip_invalid: bool,
     dataset_version: int | None,
+    workers: int,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -974,6 +984,7 @@ def export_command(
             skip_invalid=skip_invalid,
             dry_run=dry_run,
             version=dataset_version,
+            workers=workers,
             progress=progress,
         )
     if as_json:

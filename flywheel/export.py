@@ -47,21 +47,17 @@ from .datasets import (
     write_transaction,
 )
 from .errors import FlywheelError, UsageError
-from .finetune_format import (
-    TrainOn,
-    UnconvertibleCallError,
-    chat_example,
-    output_message,
-    preference_example,
-    prune_rule_from_dict,
-)
+from .export_lines import EntryRow, ExportJob, PreparedEntry, job_rules, prepared_batches
+from .finetune_format import PruneRule, TrainOn, prune_rule_from_dict
 from .query import connect
-from .split import DEFAULT_TEST_FRACTION, Side, stable_split
+from .split import DEFAULT_TEST_FRACTION, Side
 from .validate import MIN_EXAMPLES, DatasetValidator, Issue, Method, ValidationReport
 
 __all__ = ["ExportError", "ExportResult", "SplitRules", "export_dataset"]
 
 BATCH_ROWS = 1000
+WORKERS_FROM = 100_000
+"""Entries from which ``workers`` > 1 is used: below it, starting the processes costs more."""
 MAX_ISSUES_SHOWN = 20
 
 
@@ -136,6 +132,7 @@ def export_dataset(
     skip_invalid: bool = False,
     dry_run: bool = False,
     version: int | None = None,
+    workers: int = 1,
     progress: Progress | None = None,
     now: datetime | None = None,
 ) -> ExportResult:
@@ -146,8 +143,10 @@ def export_dataset(
     Raises ``ExportError`` listing the invalid entries unless ``skip_invalid``; ``dry_run``
     validates and counts but writes nothing and records nothing. ``version`` exports the dataset
     as it was at that version (its entries, their outputs and pruning rules then; the split rules
-    as stored), which rebuilds an earlier export file for file. ``progress(done, total)`` is called
-    as entries are written.
+    as stored), which rebuilds an earlier export file for file. ``workers`` > 1 converts and
+    checks the entries of a large dataset (``WORKERS_FROM`` entries or more) in that many spawned
+    processes; the files are the same byte for byte. ``progress(done, total)`` is called as
+    entries are written.
     """
     target = Path(out_dir)
     moment = now.astimezone(UTC) if now is not None else datetime.now(UTC)
@@ -161,7 +160,7 @@ def export_dataset(
         try:
             checks = _Checks(base_model, token_limit, min_examples)
             sides, skipped = _write_examples(
-                conn, dataset, rules, train_on, prune_rules, workdir, checks, skip_invalid, progress
+                conn, dataset, rules, train_on, prune_rules, workdir, checks, skip_invalid, progress, workers
             )
             reports: dict[str, ValidationReport] = {
                 **{side: files.chat_check.report() for side, files in sides.items()},
@@ -245,16 +244,26 @@ def _write_examples(
     dataset: _Snapshot,
     rules: SplitRules,
     train_on: TrainOn,
-    prune_rules: Sequence[Any],
+    prune_rules: Sequence[PruneRule],
     workdir: Path,
     checks: _Checks,
     skip_invalid: bool,
     progress: Progress | None,
+    workers: int,
 ) -> tuple[dict[Side, _Side], list[dict[str, Any]]]:
-    """Convert, split, validate and write every entry (validated before it is written)."""
+    """Convert, split, validate and write every entry (each validated before it is written)."""
     sides: dict[Side, _Side] = {}
     skipped: list[dict[str, Any]] = []
-    total = count_entries(conn, dataset.id, dataset.version) if progress is not None else 0
+    total = count_entries(conn, dataset.id, dataset.version)
+    job = ExportJob(
+        test_fraction=rules.test_fraction,
+        salt=rules.salt,
+        stratify=rules.stratify_by is not None,
+        train_on=train_on,
+        prune_rules=job_rules(prune_rules),
+        base_model=checks.base_model,
+    )
+    done = 0
     try:
         for side in ("train", "test"):
             sides[side] = _Side(
@@ -263,38 +272,13 @@ def _write_examples(
                 chat_check=checks.validator(side, "supervised"),
                 preference_check=checks.validator(side, "dpo"),
             )
-        for done, row in enumerate(_entries(conn, dataset, rules.stratify_by), 1):
-            if progress is not None and done % BATCH_ROWS == 0:
+        batches = _chunks(_entry_rows(conn, dataset, rules.stratify_by), BATCH_ROWS)
+        for prepared in prepared_batches(job, batches, workers if total >= WORKERS_FROM else 1):
+            for entry in prepared:
+                _write_entry(entry, sides, skipped, skip_invalid)
+            done += len(prepared)
+            if progress is not None:
                 progress(done, total)
-            try:
-                example, preference = _convert(row, train_on, prune_rules)
-            except UnconvertibleCallError as exc:
-                skipped.append({"entry": str(row.id), "call_id": row.call_id, "reason": str(exc)})
-                continue
-            key = row.cluster_key or row.input_hash or row.call_id
-            stratum = row.stratum if rules.stratify_by is not None else None
-            side = stable_split(key, rules.test_fraction, salt=rules.salt, stratum=stratum)
-            files = sides[side]
-            label = f"{side}.jsonl:{len(files.call_ids) + 1}: entry {row.id} (call {row.call_id})"
-            issues = [issue for issue in files.chat_check.add(label, example) if issue.severity == "error"]
-            if issues and skip_invalid:
-                files.chat_check.forget(label)
-                reason = "; ".join(f"{issue.field}: {issue.message}" for issue in issues)
-                skipped.append({"entry": str(row.id), "call_id": row.call_id, "reason": reason})
-                continue
-            files.chat.write(orjson.dumps(example) + b"\n")
-            files.call_ids.append(row.call_id)
-            if preference is not None:
-                number = files.preference_pairs + 1
-                pair_label = f"preference_{side}.jsonl:{number}: entry {row.id} (call {row.call_id})"
-                found = files.preference_check.add(pair_label, preference)
-                if skip_invalid and any(issue.severity == "error" for issue in found):
-                    files.preference_check.forget(pair_label)  # the pair is left out, the entry stays
-                    continue
-                files.preference.write(orjson.dumps(preference) + b"\n")
-                files.preference_pairs += 1
-        if progress is not None:
-            progress(total, total)
     finally:
         for opened in sides.values():
             opened.chat.close()
@@ -303,6 +287,62 @@ def _write_examples(
         if not written.preference_pairs:
             (workdir / f"preference_{side_name}.jsonl").unlink()
     return sides, skipped
+
+
+def _write_entry(
+    entry: PreparedEntry, sides: dict[Side, _Side], skipped: list[dict[str, Any]], skip_invalid: bool
+) -> None:
+    """Number, record and write one prepared entry (or leave it out, with the reason)."""
+    if entry.side is None:
+        skipped.append({"entry": str(entry.entry), "call_id": entry.call_id, "reason": entry.reason})
+        return
+    files = sides[entry.side]
+    label = f"{entry.side}.jsonl:{len(files.call_ids) + 1}: entry {entry.entry} (call {entry.call_id})"
+    recorded = files.chat_check.record(label, entry.issues, entry.tokens)
+    issues = [issue for issue in recorded if issue.severity == "error"]
+    if issues and skip_invalid:
+        files.chat_check.forget(label)
+        reason = "; ".join(f"{issue.field}: {issue.message}" for issue in issues)
+        skipped.append({"entry": str(entry.entry), "call_id": entry.call_id, "reason": reason})
+        return
+    files.chat.write(entry.line)
+    files.call_ids.append(entry.call_id)
+    if entry.pair is None:
+        return
+    number = files.preference_pairs + 1
+    pair_label = f"preference_{entry.side}.jsonl:{number}: entry {entry.entry} (call {entry.call_id})"
+    found = files.preference_check.record(pair_label, entry.pair_issues, entry.pair_tokens)
+    if skip_invalid and any(issue.severity == "error" for issue in found):
+        files.preference_check.forget(pair_label)  # the pair is left out, the entry stays
+        return
+    files.preference.write(entry.pair)
+    files.preference_pairs += 1
+
+
+def _entry_rows(conn: Connection, dataset: _Snapshot, stratify_by: str | None) -> Iterator[EntryRow]:
+    for row in _entries(conn, dataset, stratify_by):
+        stratum = row.stratum if stratify_by is not None else None
+        yield (
+            row.id,
+            row.call_id,
+            row.cluster_key,
+            row.input_hash,
+            row.request,
+            row.response,
+            row.output,
+            stratum,
+        )
+
+
+def _chunks(rows: Iterator[EntryRow], size: int) -> Iterator[list[EntryRow]]:
+    chunk: list[EntryRow] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,22 +390,6 @@ def _version_notes(conn: Connection, dataset: _Snapshot) -> list[str]:
         f"version {dataset.version} is a relabel run that has not finished (still running, or "
         "interrupted): some entries have their old output; run the relabel again to finish it"
     ]
-
-
-def _convert(
-    row: sa.Row[Any], train_on: TrainOn, prune_rules: Sequence[Any]
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """An entry's chat example, and its preference pair when it has a newer output than the call's."""
-    request = orjson.loads(row.request)
-    response = orjson.loads(row.response) if row.response is not None else None
-    newer = orjson.loads(row.output) if row.output is not None else None
-    example = chat_example(request, response, output=newer, train_on=train_on, prune_rules=prune_rules)
-    preference = (
-        preference_example(request, newer, output_message(response), prune_rules=prune_rules)
-        if newer is not None and response is not None
-        else None
-    )
-    return example, preference
 
 
 def _drop_thin_preferences(

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import tiktoken
@@ -618,14 +618,24 @@ class DatasetValidator:
 
     def add(self, entry: str, example: Any) -> list[Issue]:
         """Check one example (``entry`` names it in issues); its issues, also kept for ``report``."""
+        return self.record(entry, *self.check(example))
+
+    def check(self, example: Any) -> tuple[list[Issue], int | None]:
+        """The example's own issues (not yet naming an entry) and token count (``None`` if it is not
+        an object): the expensive half of ``add``, which needs none of the validator's state, so
+        it can run in another process."""
+        found = self._validate(example, entry=None)
+        if not isinstance(example, Mapping):
+            return found, None
+        if self.method == "supervised":
+            return found, count_chat_example(example, self.encoding)
+        return found, _preference_tokens(example, self.encoding)
+
+    def record(self, entry: str, issues: Sequence[Issue], tokens: int | None) -> list[Issue]:
+        """Take in the result of ``check`` for ``entry``; its issues, named, with the token limit's."""
         self.total += 1
-        found = self._validate(example, entry=entry)
-        if isinstance(example, Mapping):
-            tokens = (
-                count_chat_example(example, self.encoding)
-                if self.method == "supervised"
-                else _preference_tokens(example, self.encoding)
-            )
+        found = [replace(issue, entry=entry) for issue in issues]
+        if tokens is not None:
             self.counts[entry] = tokens
             if self.limit is not None and tokens > self.limit:
                 found.append(

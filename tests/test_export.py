@@ -266,3 +266,30 @@ def test_the_newest_version_wins_over_a_later_row_of_an_older_version(db_url: st
     export_dataset(db_url, "support", tmp_path / "out", split=SplitRules(test_fraction=0.0), min_examples=1)
     outputs = [example["messages"][-1]["content"] for example in lines(tmp_path / "out" / "train.jsonl")]
     assert "By a person." in outputs and "By the teacher." not in outputs
+
+
+def test_worker_processes_write_the_same_files(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries converted and checked in two spawned processes give the files one process writes,
+    byte for byte, with the same validation (an invalid entry named by its line)."""
+    make(db_url)
+    bad = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
+    record(
+        db_url,
+        [
+            chat_exchange(
+                "x", None, tool_calls=[bad], at=T0 + timedelta(days=1), tags={"prompt_id": "support"}
+            )
+        ],
+    )
+    update_dataset(db_url, "support")
+    monkeypatch.setattr("flywheel.export.WORKERS_FROM", 0)
+    monkeypatch.setattr("flywheel.export.BATCH_ROWS", 7)  # several batches in flight
+    here = export_dataset(db_url, "support", tmp_path / "one", skip_invalid=True, dry_run=True)
+    there = export_dataset(db_url, "support", tmp_path / "two", skip_invalid=True, workers=2, dry_run=True)
+    assert there.manifest["files"] == here.manifest["files"] and here.counts["train"] > 0
+    assert there.manifest["splits"] == here.manifest["splits"]
+    assert there.manifest["skipped"] == here.manifest["skipped"] and len(here.manifest["skipped"]) == 1
+    with pytest.raises(ExportError, match=r"\.jsonl:\d+: entry \d+ \(call .*arguments"):
+        export_dataset(db_url, "support", tmp_path / "three", workers=2)
