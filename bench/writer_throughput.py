@@ -248,8 +248,8 @@ def main() -> int:
         "`insert_batch` (2,000 rows per transaction) until `flush()` returns. Peak RSS is the benchmark "
         'process at the end of the run; "RSS before" is after imports and set-up, so the difference is '
         "what the queue, the batches in flight and the drivers hold. The last two columns time each "
-        "stage alone, on one thread, on the same records: the writer's rate is close to running them "
-        f"one after the other. Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
+        "stage alone, on one thread, on the same records; the writer runs them on two threads, building "
+        f"a batch while the last one is inserted. Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
         f"{os.cpu_count()} CPUs shared with the database server. Target: >= {TARGET:,} records/s with "
         "bounded memory.\n\n" + "\n".join(lines) + "\n"
     )

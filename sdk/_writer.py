@@ -9,8 +9,8 @@
                                                                    └──> spool (disk) ──> replay when back
 
 One ``Recorder`` (one queue, two daemon threads, one engine) per store URL per process. The two
-threads form a pipeline: while the store thread waits on the database (the driver releases the
-GIL for SQLite's work and for the PostgreSQL round trips), the writer thread builds the next batch.
+threads form a pipeline: while the store thread waits on the database (the drivers release the
+GIL during SQLite's work and the PostgreSQL round trips), the writer thread builds the next batch.
 Batches reach the store in the order they were taken, so a ``flush`` marker resolves only after
 everything queued before it.
 
@@ -205,10 +205,6 @@ class Recorder:
         self.retry_initial = retry_initial
         self.retry_max = max(retry_initial, retry_max)
         self.spool = Spool(spool_dir or _config.spool_dir(), database_url, max_file_rows=self.batch_rows)
-        # Build the next batch while the store inserts this one, except on SQLite: its driver
-        # takes and releases the GIL for every row, so the two threads mostly wait on each other
-        # (measured: the pair was slower than one after the other).
-        self._overlap = not database_url.startswith("sqlite")
         # Wake the writer early when the queue is half full, so bursts are not dropped.
         self._wake_records = max(1, self.max_queue_records // 2)
         self._wake_bytes = max(1, self.max_queue_bytes // 2)
@@ -229,8 +225,9 @@ class Recorder:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None  # the writer thread (builds records)
         self._store_thread: threading.Thread | None = None
-        # Built batches waiting for the store thread; at most one, so memory stays bounded.
-        self._handoff: collections.deque[_Batch] = collections.deque()
+        # The built batch the store thread is delivering (at most one, so memory stays bounded);
+        # the writer waits on the condition to hand over the next.
+        self._handoff: _Batch | None = None
         self._handoff_ready = threading.Condition(threading.Lock())
         self._generation = object()  # a writer thread runs only while this is the one it started with
         self._stop = False
@@ -357,7 +354,7 @@ class Recorder:
             batches, self._inflight = self._inflight, []
             held, self._held = self._held, []
         with self._handoff_ready:
-            self._handoff.clear()
+            self._handoff = None
             self._handoff_ready.notify_all()
         exchanges: list[Exchange] = []
         markers: list[_FlushMarker] = []
@@ -475,7 +472,7 @@ class Recorder:
 
     def _cycle(self, generation: object) -> None:
         """Drain the queue batch by batch into the hand-off; then a tick for the housekeeping."""
-        while self._store_idle(generation) and (batch := self._take()) is not None:
+        while (batch := self._take()) is not None:
             rows = self._build(batch.exchanges)
             with self._lock:
                 if batch not in self._inflight:  # taken over by spool_now() at exit
@@ -491,26 +488,15 @@ class Recorder:
         ready = self._handoff_ready
         with ready:
             is_tick = not batch.markers and batch.rows is None
-            if is_tick and self._handoff:
+            if is_tick and self._handoff is not None:
                 return True  # the store thread is busy anyway
-            while self._handoff and not self._stopping(generation):
+            while self._handoff is not None and not self._stopping(generation):
                 ready.wait(self.flush_interval)
             if self._stopping(generation):
                 return False
-            self._handoff.append(batch)
+            self._handoff = batch
             ready.notify_all()
             return True
-
-    def _store_idle(self, generation: object) -> bool:
-        """Where building and inserting do not overlap well, wait for the store thread to finish its
-        batch before building the next; False when stopping."""
-        if self._overlap:
-            return True
-        ready = self._handoff_ready
-        with ready:
-            while self._handoff and not self._stopping(generation):
-                ready.wait(self.flush_interval)
-            return not self._stopping(generation)
 
     def _stopping(self, generation: object) -> bool:
         return self._stop or self._closed or self._generation is not generation
@@ -520,11 +506,11 @@ class Recorder:
         ready = self._handoff_ready
         while True:
             with ready:
-                while not self._handoff and not self._stopping(generation):
+                while self._handoff is None and not self._stopping(generation):
                     ready.wait(self.flush_interval)
-                if self._stopping(generation):
+                if self._stopping(generation) or self._handoff is None:
                     return
-                batch = self._handoff[0]
+                batch = self._handoff
             try:
                 if batch.rows is not None or batch.markers:
                     self._deliver_batch(batch)
@@ -533,8 +519,8 @@ class Recorder:
                 _health.report_error("writer.store", exc)
             finally:
                 with ready:
-                    if self._handoff and self._handoff[0] is batch:
-                        self._handoff.popleft()
+                    if self._handoff is batch:
+                        self._handoff = None
                     ready.notify_all()
 
     def _deliver_batch(self, batch: _Batch) -> None:

@@ -11,9 +11,9 @@ Design:
 - Views (``SQL_VIEWS``) turn the common questions into one-liners; they are dialect-specific SQL
   created by the migrations.
 - The flywheel's tables (``datasets`` and the rest) are written by the ``flywheel`` library only,
-  never by the SDK. A dataset refers to its calls instead of copying them; what changes about an
-  entry (dedup, split, relabeled or edited outputs) is added as new rows tagged with the dataset
-  version that made the change, never updated in place, so any past version can be rebuilt.
+  never by the SDK. A dataset refers to its calls instead of copying them. Nothing is deleted and
+  no output is overwritten: what a step changes (entries added or taken out, relabeled or edited
+  outputs) is tagged with the dataset version that made it, so any past version can be rebuilt.
 
 Changing anything here needs a new Alembic revision in ``migrations/versions``; a test checks that
 ``upgrade head`` on an empty database matches this metadata.
