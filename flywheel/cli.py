@@ -27,7 +27,7 @@ from . import __version__
 from .datasets import AddResult, Progress, create_dataset, get_dataset, list_datasets, update_dataset
 from .dedup import dedup_dataset
 from .errors import FlywheelError, StoreError, UsageError, display_url
-from .export import SplitRules, export_dataset
+from .export import export_dataset
 from .finetune_format import DropSystemPrompt, StripPrefix, TrainOn
 from .logs import recent_calls
 from .migrate import describe_revision, migrate, pending_migrations
@@ -267,22 +267,18 @@ def _progress_bar(label: str, *, quiet: bool) -> Iterator[Progress | None]:
     if quiet or not sys.stderr.isatty():
         yield None
         return
-    bar: Any = None
-    shown = 0
+    with contextlib.ExitStack() as stack:
+        bar: Any = None  # made at the first call, when the total is known
 
-    def update(done: int, total: int) -> None:
-        nonlocal bar, shown
-        if bar is None:
-            bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr, show_pos=True)
-            bar.__enter__()
-        bar.update(done - shown)
-        shown = done
+        def update(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = stack.enter_context(
+                    click.progressbar(length=max(total, 1), label=label, file=sys.stderr, show_pos=True)
+                )
+            bar.update(done - bar.pos)
 
-    try:
         yield update
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -962,21 +958,14 @@ def export_command(
     nothing is written if one fails (unless --skip-invalid). The split is stable: exporting again
     after the dataset grew keeps every entry on its side.
     """
-    url = _db(db_url)
-    split = None
-    if test_fraction is not None or stratify_by is not None or salt is not None:
-        stored = SplitRules.from_dict(get_dataset(url, name, history=False).settings.get("split", {}))
-        split = SplitRules(
-            test_fraction=stored.test_fraction if test_fraction is None else test_fraction,
-            stratify_by=stored.stratify_by if stratify_by is None else (stratify_by or None),
-            salt=stored.salt if salt is None else salt,
-        )
     with _progress_bar("exporting", quiet=as_json) as progress:
         result = export_dataset(
-            url,
+            _db(db_url),
             name,
             out_dir,
-            split=split,
+            test_fraction=test_fraction,
+            stratify_by=stratify_by,
+            salt=salt,
             train_on=train_on,
             base_model=base_model,
             token_limit=token_limit,

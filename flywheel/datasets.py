@@ -7,9 +7,12 @@ chat completions that got an answer (HTTP 2xx, read to the end): the calls a fin
 can be made of.
 
 Invariants:
-- Entries are never changed in place or deleted by a step; a step adds rows tagged with the new
-  dataset version it makes (``dataset_versions``), so the dataset as of any version can be rebuilt
-  (``entries_at``). A step that changes nothing makes no version.
+- Entries are never deleted and outputs never overwritten. What a step changes is tagged with the
+  version it makes (``dataset_versions``): entries it adds (``added_in``) or takes out
+  (``removed_in``), outputs it makes (``entry_outputs.version``), so the dataset as of any version
+  can be rebuilt (``entries_at``, ``current_output_id``). The two columns a step sets afterwards,
+  ``cluster_key`` and ``first_exported_in``, are set once, never changed. A step that changes
+  nothing makes no version.
 - Selection runs in the database (``INSERT ... SELECT`` with the filter's bound conditions), so
   taking in a million calls neither reads them into Python nor holds them in memory.
 - Each step is one transaction: it is there whole, or not at all. On SQLite it takes the write
@@ -28,12 +31,12 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql import ColumnElement, FromClause
 
 from sdk.schema import call_tags, calls, dataset_entries, dataset_versions, datasets, entry_outputs
 
 from .errors import StoreError, UsageError
-from .query import CallFilter, connect, filter_conditions
+from .query import CallFilter, as_utc, connect, filter_conditions
 
 __all__ = [
     "NAME_PATTERN",
@@ -46,10 +49,13 @@ __all__ = [
     "create_dataset",
     "current_output_id",
     "entries_at",
+    "entries_with_outputs",
     "get_dataset",
     "list_datasets",
     "record_version",
     "require_dataset",
+    "save_setting",
+    "step_time",
     "store_transaction",
     "update_dataset",
     "write_transaction",
@@ -144,7 +150,7 @@ def create_dataset(
     pipeline can run ``create`` every time); with another filter it is a ``UsageError``.
     """
     _check_name(name)
-    moment = _utc_now(now)
+    moment = step_time(now)
     with store_transaction(database_url) as conn:
         existing = _dataset_row(conn, name)
         if existing is not None:
@@ -166,7 +172,7 @@ def create_dataset(
                 version=0,
             )
         )
-        dataset_id = _require(conn, name).id
+        dataset_id = require_dataset(conn, name).id
         added = _take_in(conn, dataset_id, 0, call_filter, moment, "create", always=True)
         return AddResult(_info(conn, name), added, created=True)
 
@@ -177,9 +183,9 @@ def update_dataset(database_url: str, name: str, *, now: datetime | None = None)
     Relative times in the filter (``--since 30d``) are resolved again against ``now`` (default: the
     clock). Existing entries are not touched; if nothing is new, no version is made.
     """
-    moment = _utc_now(now)
+    moment = step_time(now)
     with store_transaction(database_url) as conn:
-        row = _require(conn, name)
+        row = require_dataset(conn, name)
         stored = CallFilter.model_validate(_json(row.filter))
         added = _take_in(conn, row.id, row.version, stored.refreshed(moment), moment, "update")
         return AddResult(_info(conn, name), added, created=False)
@@ -195,7 +201,7 @@ def list_datasets(database_url: str) -> list[DatasetInfo]:
 def get_dataset(database_url: str, name: str, *, history: bool = True) -> DatasetInfo:
     """Dataset ``name`` with (``history=True``) every version it went through, oldest first."""
     with connect(database_url) as conn:
-        _require(conn, name)
+        require_dataset(conn, name)
         return _info(conn, name, with_history=history)
 
 
@@ -268,6 +274,27 @@ def current_output_id(version: int) -> ColumnElement[Any]:
     )
 
 
+def entries_with_outputs(version: int) -> FromClause:
+    """``dataset_entries`` joined with their calls and, where there is one, their current output at
+    ``version`` (``entry_outputs`` columns are NULL for an entry that keeps its call's output)."""
+    return dataset_entries.join(calls, calls.c.id == dataset_entries.c.call_id).outerjoin(
+        entry_outputs, entry_outputs.c.id == current_output_id(version)
+    )
+
+
+def save_setting(
+    conn: Connection, dataset_id: int, settings: Mapping[str, Any], key: str, value: Any
+) -> None:
+    """Store ``settings`` (the dataset's, as read) with ``key`` set to ``value``."""
+    changed = {**settings, key: value}
+    conn.execute(sa.update(datasets).where(datasets.c.id == dataset_id).values(settings=_dumps(changed)))
+
+
+def step_time(now: datetime | None = None) -> datetime:
+    """When a step happens, in UTC: ``now`` if given (naive means UTC), else the clock."""
+    return as_utc(now) if now is not None else datetime.now(UTC)
+
+
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: how far a step over a dataset's entries has got (called every batch)."""
 
@@ -279,11 +306,6 @@ def count_entries(conn: Connection, dataset_id: int, version: int) -> int:
             sa.select(sa.func.count()).select_from(dataset_entries).where(entries_at(dataset_id, version))
         ).scalar_one()
     )
-
-
-def require_dataset(conn: Connection, name: str) -> sa.Row[Any]:
-    """The ``datasets`` row of ``name``; ``NotFoundError`` (naming the known ones) if none."""
-    return _require(conn, name)
 
 
 # --- internals -------------------------------------------------------------------------------------
@@ -343,7 +365,7 @@ def _trainable() -> list[ColumnElement[bool]]:
 
 
 def _info(conn: Connection, name: str, *, with_history: bool = False) -> DatasetInfo:
-    row = _require(conn, name)
+    row = require_dataset(conn, name)
     e = dataset_entries.c
     counts = conn.execute(
         sa.select(
@@ -359,11 +381,11 @@ def _info(conn: Connection, name: str, *, with_history: bool = False) -> Dataset
             .where(v.dataset_id == row.id)
             .order_by(v.version)
         ):
-            history.append(DatasetVersion(version, _aware(created_at), action, _json(details)))
+            history.append(DatasetVersion(version, as_utc(created_at), action, _json(details)))
     return DatasetInfo(
         id=row.id,
         name=row.name,
-        created_at=_aware(row.created_at),
+        created_at=as_utc(row.created_at),
         filter=CallFilter.model_validate(_json(row.filter)),
         settings=_json(row.settings),
         version=row.version,
@@ -377,7 +399,8 @@ def _dataset_row(conn: Connection, name: str) -> sa.Row[Any] | None:
     return conn.execute(sa.select(datasets).where(datasets.c.name == name)).one_or_none()
 
 
-def _require(conn: Connection, name: str) -> sa.Row[Any]:
+def require_dataset(conn: Connection, name: str) -> sa.Row[Any]:
+    """The ``datasets`` row of ``name``; ``NotFoundError`` (naming the known ones) if none."""
     row = _dataset_row(conn, name)
     if row is None:
         known = conn.execute(sa.select(datasets.c.name).order_by(datasets.c.name).limit(20)).scalars().all()
@@ -417,11 +440,3 @@ def _json(value: Any) -> Any:
         except orjson.JSONDecodeError as exc:
             raise StoreError(f"a JSON column holds invalid JSON: {exc}") from None
     return value
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _utc_now(now: datetime | None) -> datetime:
-    return _aware(now) if now is not None else datetime.now(UTC)

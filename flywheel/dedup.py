@@ -23,17 +23,26 @@ deleted; ``dry_run`` computes the same clusters and writes nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sdk.schema import calls, dataset_entries, datasets
+from sdk.schema import calls, dataset_entries
 
-from .datasets import Progress, count_entries, entries_at, record_version, require_dataset, write_transaction
+from .datasets import (
+    Progress,
+    count_entries,
+    entries_at,
+    record_version,
+    require_dataset,
+    save_setting,
+    step_time,
+    write_transaction,
+)
 from .errors import UsageError
 from .near_duplicates import DEFAULT_THRESHOLD, choose_representative, input_text, near_duplicate_clusters
 from .query import connect
@@ -41,7 +50,6 @@ from .query import connect
 __all__ = ["Cluster", "DedupResult", "dedup_dataset"]
 
 BATCH_ROWS = 2000
-UPDATE_CHUNK = 5000
 PREVIEW_CHARS = 120
 
 
@@ -54,7 +62,7 @@ class Cluster:
     also_kept: tuple[int, ...]
     """Exported members other than the kept one: they stay (see the module docstring)."""
     key: str
-    preview: str
+    preview: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,7 +117,6 @@ class _Entries:
     has_cluster_key: set[int] = field(default_factory=set)
     hashes: dict[int, str | None] = field(default_factory=dict)
     exported: set[int] = field(default_factory=set)
-    previews: dict[int, str] = field(default_factory=dict)
 
 
 def dedup_dataset(
@@ -132,7 +139,7 @@ def dedup_dataset(
     """
     if not 0 < threshold <= 1:
         raise UsageError(f"threshold must be above 0 and at most 1, got {threshold}", "--threshold")
-    moment = now.astimezone(UTC) if now is not None else datetime.now(UTC)
+    moment = step_time(now)
     with connect(database_url) as conn:
         dataset = require_dataset(conn, name)
         seen = _Entries()
@@ -163,7 +170,9 @@ def dedup_dataset(
             near_duplicates=len(removed) - duplicates,
             threshold=None if exact else threshold,
             dry_run=dry_run,
-            shown=sorted(clusters, key=lambda c: (-len(c.removed) - len(c.also_kept), c.kept))[:show],
+            shown=_with_previews(
+                conn, sorted(clusters, key=lambda c: (-len(c.removed) - len(c.also_kept), c.kept))[:show]
+            ),
         )
         if dry_run or not (removed or keyed):
             return result
@@ -177,13 +186,8 @@ def dedup_dataset(
                 )
             version = int(dataset.version) + 1
             _write(conn, removed, keyed, seen, version)
-            settings = orjson.loads(dataset.settings)
-            settings["dedup"] = {"threshold": result.threshold, "exact": exact}
-            conn.execute(
-                sa.update(datasets)
-                .where(datasets.c.id == dataset.id)
-                .values(settings=orjson.dumps(settings).decode())
-            )
+            dedup_rules = {"threshold": result.threshold, "exact": exact}
+            save_setting(conn, dataset.id, orjson.loads(dataset.settings), "dedup", dedup_rules)
             details = {
                 k: v
                 for k, v in result.as_dict().items()
@@ -226,16 +230,32 @@ def _items(
         seen.hashes[entry] = row.input_hash
         if row.first_exported_in is not None:
             seen.exported.add(entry)
-        if with_text:
-            request = orjson.loads(row.request)
-            text = input_text(request.get("messages") or (), request.get("tools"))
-            if len(seen.previews) < 100_000:
-                seen.previews[entry] = " ".join(text.split())[-PREVIEW_CHARS:]
-            yield entry, text
-        else:
-            yield entry, ""
+        yield entry, _compared_text(row.request) if with_text else ""
     if progress is not None:
         progress(total, total)
+
+
+def _compared_text(request_text: str) -> str:
+    request = orjson.loads(request_text)
+    return input_text(request.get("messages") or (), request.get("tools"))
+
+
+def _with_previews(conn: Connection, clusters: list[Cluster]) -> list[Cluster]:
+    """The clusters shown, each with the end of its kept entry's input (read for these only)."""
+    if not clusters:
+        return clusters
+    e = dataset_entries.c
+    requests = dict(
+        conn.execute(
+            sa.select(e.id, calls.c.request)
+            .select_from(dataset_entries.join(calls, calls.c.id == e.call_id))
+            .where(e.id.in_([cluster.kept for cluster in clusters]))
+        ).all()
+    )
+    return [
+        replace(cluster, preview=" ".join(_compared_text(requests[cluster.kept]).split())[-PREVIEW_CHARS:])
+        for cluster in clusters
+    ]
 
 
 def _same_input(seen: _Entries, entry: int, other: int) -> bool:
@@ -260,7 +280,6 @@ def _decide(members: list[int], seen: _Entries) -> Cluster:
         removed=tuple(entry for entry in others if entry not in seen.exported),
         also_kept=tuple(entry for entry in others if entry in seen.exported),
         key=seen.keys[kept],
-        preview=seen.previews.get(kept, ""),
     )
 
 
@@ -277,9 +296,8 @@ def _write(
         .where(e.id == sa.bindparam("entry"))
         .values(cluster_key=sa.bindparam("key"))
     )
-    for start in range(0, len(keyed), UPDATE_CHUNK):
-        chunk = keyed[start : start + UPDATE_CHUNK]
-        conn.execute(set_key, [{"entry": entry, "key": key} for entry, key in chunk])
+    if keyed:
+        conn.execute(set_key, [{"entry": entry, "key": key} for entry, key in keyed])
     take_out = (
         sa.update(dataset_entries)
         .where(e.id == sa.bindparam("entry"))
@@ -292,5 +310,5 @@ def _write(
         }
         for entry, cluster in removed
     ]
-    for start in range(0, len(rows), UPDATE_CHUNK):
-        conn.execute(take_out, rows[start : start + UPDATE_CHUNK])
+    if rows:
+        conn.execute(take_out, rows)

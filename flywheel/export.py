@@ -13,10 +13,11 @@ Invariants:
   its input hash, else its call id), so exporting again after the dataset grew puts every entry on
   the side it was on, and near-duplicates never straddle the split. The split rules are stored on
   the dataset at its first export and reused; passing other ones changes them (and says so).
-- Nothing is written to ``out_dir`` unless the files pass ``flywheel.validate`` (or, with
-  ``skip_invalid``, the entries that do not are left out and listed): the files are written to a
-  temporary directory beside it, validated as written, then moved in, the manifest last. Entries
-  are streamed from the database; memory holds one batch of rows plus the call ids per side.
+- Nothing is written to ``out_dir`` unless every example passes ``flywheel.validate`` (or, with
+  ``skip_invalid``, the entries that do not are left out and listed): each example is checked
+  before it is written to a temporary directory inside ``out_dir``, and the files are moved in
+  only at the end, the manifest last. Entries are streamed from the database; memory holds a few
+  batches of rows plus the call ids per side.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,15 +36,17 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sdk.schema import call_tags, calls, dataset_entries, dataset_versions, datasets, entry_outputs, exports
+from sdk.schema import call_tags, calls, dataset_entries, dataset_versions, entry_outputs, exports
 
 from . import __version__
 from .datasets import (
     Progress,
     count_entries,
-    current_output_id,
     entries_at,
+    entries_with_outputs,
     require_dataset,
+    save_setting,
+    step_time,
     write_transaction,
 )
 from .errors import FlywheelError, UsageError
@@ -80,6 +83,16 @@ class SplitRules:
 
     def as_dict(self) -> dict[str, Any]:
         return {"test_fraction": self.test_fraction, "stratify_by": self.stratify_by, "salt": self.salt}
+
+    def changed(
+        self, *, test_fraction: float | None = None, stratify_by: str | None = None, salt: str | None = None
+    ) -> SplitRules:
+        """These rules with the given ones changed (``stratify_by=""``: no stratification)."""
+        return SplitRules(
+            test_fraction=self.test_fraction if test_fraction is None else test_fraction,
+            stratify_by=self.stratify_by if stratify_by is None else (stratify_by or None),
+            salt=self.salt if salt is None else salt,
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SplitRules:
@@ -124,7 +137,9 @@ def export_dataset(
     name: str,
     out_dir: str | os.PathLike[str],
     *,
-    split: SplitRules | None = None,
+    test_fraction: float | None = None,
+    stratify_by: str | None = None,
+    salt: str | None = None,
     train_on: TrainOn = "all",
     base_model: str | None = None,
     token_limit: int | None = None,
@@ -138,8 +153,10 @@ def export_dataset(
 ) -> ExportResult:
     """Export dataset ``name`` at its newest version into ``out_dir`` (created if needed).
 
-    ``split`` replaces the stored split rules (the first export stores the defaults: 10 % test,
-    no stratification). ``base_model`` selects the token limit per example (or ``token_limit``).
+    ``test_fraction``, ``stratify_by`` (a tag key; ``""`` for none) and ``salt`` change the split
+    rules stored on the dataset (the first export stores the defaults: 10 % test, no
+    stratification); what is not given stays as stored. ``base_model`` selects the token limit
+    per example (or ``token_limit``).
     Raises ``ExportError`` listing the invalid entries unless ``skip_invalid``; ``dry_run``
     validates and counts but writes nothing and records nothing. ``version`` exports the dataset
     as it was at that version (its entries, their outputs and pruning rules then; the split rules
@@ -149,11 +166,12 @@ def export_dataset(
     entries are written.
     """
     target = Path(out_dir)
-    moment = now.astimezone(UTC) if now is not None else datetime.now(UTC)
+    moment = step_time(now)
     with connect(database_url) as conn:
-        dataset = _snapshot(conn, require_dataset(conn, name), version)
+        dataset = _snapshot(require_dataset(conn, name), version)
         settings = orjson.loads(dataset.settings)
-        rules = split or SplitRules.from_dict(settings.get("split", {}))
+        stored = SplitRules.from_dict(settings.get("split", {}))
+        rules = stored.changed(test_fraction=test_fraction, stratify_by=stratify_by, salt=salt)
         prune_rules = [prune_rule_from_dict(rule) for rule in _prune_rules_at(conn, dataset, settings)]
         target.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=".flywheel-export-", dir=target))
@@ -166,7 +184,9 @@ def export_dataset(
                 **{side: files.chat_check.report() for side, files in sides.items()},
                 **{f"preference_{side}": files.preference_check.report() for side, files in sides.items()},
             }
-            notes = _drop_thin_preferences(workdir, sides, reports)
+            notes = _drop_thin_preferences(workdir, sides, reports, min_examples)
+            if "split" in settings and rules != stored:
+                notes.append(f"split rules changed from {stored.as_dict()} to {rules.as_dict()}")
             errors = [issue for report in reports.values() for issue in report.errors]
             if errors:  # with skip_invalid, only what skipping cannot fix (too few examples) is left
                 raise _invalid(errors, name)
@@ -191,37 +211,27 @@ def export_dataset(
 # --- reading and writing ---------------------------------------------------------------------------
 
 
-def _entries(conn: Connection, dataset: _Snapshot, stratify_by: str | None) -> Iterator[sa.Row[Any]]:
-    """The dataset's entries at its newest version, oldest call first, with what an example needs."""
-    e, o, c = dataset_entries.c, entry_outputs.c, calls.c
-    newest_output = current_output_id(dataset.version)
-    columns: list[Any] = [
-        e.id,
-        e.call_id,
-        e.cluster_key,
-        c.input_hash,
-        c.request,
-        c.response,
-        entry_outputs.c.output,
-        entry_outputs.c.source,
-    ]
-    statement = (
-        sa.select(*columns)
-        .select_from(dataset_entries.join(calls, calls.c.id == e.call_id))
-        .outerjoin(entry_outputs, o.id == newest_output)
-        .where(entries_at(dataset.id, dataset.version))
-        .order_by(e.call_id)
-    )
+def _entry_batches(conn: Connection, dataset: _Snapshot, stratify_by: str | None) -> Iterator[list[EntryRow]]:
+    """The dataset's entries at the exported version, oldest call first, in batches of
+    ``BATCH_ROWS``, with what an example needs."""
+    e, c, o = dataset_entries.c, calls.c, entry_outputs.c
+    stratum: Any = sa.null()
     if stratify_by is not None:
         stratum = (
             sa.select(call_tags.c.value)
             .where(call_tags.c.call_id == e.call_id, call_tags.c.key == stratify_by)
             .scalar_subquery()
         )
-        statement = statement.add_columns(stratum.label("stratum"))
-    # On the statement, not the connection (that would stream every later statement too).
-    streamed = conn.execute(statement.execution_options(stream_results=True, yield_per=BATCH_ROWS))
-    yield from streamed
+    statement = (
+        sa.select(e.id, e.call_id, e.cluster_key, c.input_hash, c.request, c.response, o.output, stratum)
+        .select_from(entries_with_outputs(dataset.version))
+        .where(entries_at(dataset.id, dataset.version))
+        .order_by(e.call_id)
+        # On the statement, not the connection (that would stream every later statement too).
+        .execution_options(stream_results=True, yield_per=BATCH_ROWS)
+    )
+    for partition in conn.execute(statement).partitions():
+        yield [tuple(row) for row in partition]
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +282,7 @@ def _write_examples(
                 chat_check=checks.validator(side, "supervised"),
                 preference_check=checks.validator(side, "dpo"),
             )
-        batches = _chunks(_entry_rows(conn, dataset, rules.stratify_by), BATCH_ROWS)
+        batches = _entry_batches(conn, dataset, rules.stratify_by)
         for prepared in prepared_batches(job, batches, workers if total >= WORKERS_FROM else 1):
             for entry in prepared:
                 _write_entry(entry, sides, skipped, skip_invalid)
@@ -319,32 +329,6 @@ def _write_entry(
     files.preference_pairs += 1
 
 
-def _entry_rows(conn: Connection, dataset: _Snapshot, stratify_by: str | None) -> Iterator[EntryRow]:
-    for row in _entries(conn, dataset, stratify_by):
-        stratum = row.stratum if stratify_by is not None else None
-        yield (
-            row.id,
-            row.call_id,
-            row.cluster_key,
-            row.input_hash,
-            row.request,
-            row.response,
-            row.output,
-            stratum,
-        )
-
-
-def _chunks(rows: Iterator[EntryRow], size: int) -> Iterator[list[EntryRow]]:
-    chunk: list[EntryRow] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
     """The dataset row, as of the version being exported."""
@@ -357,7 +341,7 @@ class _Snapshot:
     settings: str
 
 
-def _snapshot(conn: Connection, row: sa.Row[Any], version: int | None) -> _Snapshot:
+def _snapshot(row: sa.Row[Any], version: int | None) -> _Snapshot:
     if version is not None and not 1 <= version <= row.version:
         raise UsageError(f"dataset {row.name!r} has versions 1 to {row.version}, not {version}", "--version")
     at = row.version if version is None else version
@@ -393,7 +377,7 @@ def _version_notes(conn: Connection, dataset: _Snapshot) -> list[str]:
 
 
 def _drop_thin_preferences(
-    workdir: Path, sides: Mapping[Side, _Side], reports: dict[str, ValidationReport]
+    workdir: Path, sides: Mapping[Side, _Side], reports: dict[str, ValidationReport], min_examples: int
 ) -> list[str]:
     """Preference (DPO) files are an extra: too few pairs for training leaves them out, with a note,
     instead of failing the export. Without any pair, there are no preference reports at all."""
@@ -411,7 +395,7 @@ def _drop_thin_preferences(
         files.preference_pairs = 0
     return [
         f"preference files not written: {report.examples} training pairs, fine-tuning needs at least "
-        f"{MIN_EXAMPLES}"
+        f"{min_examples}"
     ]
 
 
@@ -505,12 +489,7 @@ def _record_export(
         )
     )
     if settings.get("split") != rules.as_dict():
-        settings = {**settings, "split": rules.as_dict()}
-        conn.execute(
-            sa.update(datasets)
-            .where(datasets.c.id == dataset.id)
-            .values(settings=orjson.dumps(settings).decode())
-        )
+        save_setting(conn, dataset.id, settings, "split", rules.as_dict())
     left_out = [item["call_id"] for item in manifest["skipped"]]
     e = dataset_entries.c
     conn.execute(

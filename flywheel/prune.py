@@ -16,15 +16,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
-from sdk.schema import calls, dataset_entries, datasets
+from sdk.schema import calls, dataset_entries
 
-from .datasets import entries_at, record_version, require_dataset, store_transaction
+from .datasets import entries_at, record_version, require_dataset, save_setting, step_time, store_transaction
 from .finetune_format import PruneRule, prune_rule_from_dict, text_sha256
 from .query import connect
 
@@ -66,15 +66,9 @@ def set_prune_rules(
         settings = orjson.loads(dataset.settings)
         if settings.get("prune_rules", []) == wanted:
             return None
-        settings["prune_rules"] = wanted
-        conn.execute(
-            sa.update(datasets)
-            .where(datasets.c.id == dataset.id)
-            .values(settings=orjson.dumps(settings).decode())
-        )
+        save_setting(conn, dataset.id, settings, "prune_rules", wanted)
         version = int(dataset.version) + 1
-        moment = now.astimezone(UTC) if now is not None else datetime.now(UTC)
-        record_version(conn, dataset.id, version, "rules", {"prune_rules": wanted}, moment)
+        record_version(conn, dataset.id, version, "rules", {"prune_rules": wanted}, step_time(now))
         return version
 
 

@@ -75,6 +75,7 @@ __all__ = [
     "CallFilter",
     "CallQuery",
     "Status",
+    "as_utc",
     "connect",
     "filter_calls",
     "filter_conditions",
@@ -142,19 +143,20 @@ def parse_time(text: str, now: datetime | None = None, *, option: str = "--since
     stripped = text.strip()
     relative = _RELATIVE.fullmatch(stripped)
     if relative:
-        reference = _as_utc(now) if now is not None else datetime.now(UTC)
+        reference = as_utc(now) if now is not None else datetime.now(UTC)
         amount, unit = int(relative.group(1)), relative.group(2)
         try:
             return reference - timedelta(**{_UNITS[unit]: amount})
         except OverflowError:
             raise BadFilterError(f"time {text!r} is too far back", option) from None
     try:
-        return _as_utc(datetime.fromisoformat(stripped))
+        return as_utc(datetime.fromisoformat(stripped))
     except ValueError:
         raise BadFilterError(f"invalid time {text!r}: expected {TIME_FORMATS_HELP}", option) from None
 
 
-def _as_utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive datetime is taken as UTC already (as SQLite hands them back)."""
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
@@ -309,7 +311,7 @@ class CallFilter(BaseModel):
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         # Normalized once here so that every query binds UTC (SQLite compares datetimes as text).
-        return None if value is None else _as_utc(value)
+        return None if value is None else as_utc(value)
 
     @field_validator("since_relative", "until_relative")
     @classmethod
@@ -375,7 +377,7 @@ class CallFilter(BaseModel):
             "search": search or None,
             **{name: value for name, value in bounds.items() if value is not None},
         }
-        return cls.model_validate(given, context={_NOW_CONTEXT: _as_utc(now) if now else None})
+        return cls.model_validate(given, context={_NOW_CONTEXT: as_utc(now) if now else None})
 
     def replace(self, **criteria: Any) -> CallFilter:
         """A copy with ``criteria`` replaced, validated like a new filter (unlike ``model_copy``).
@@ -398,7 +400,7 @@ class CallFilter(BaseModel):
         for name in ("since", "until"):
             if current.get(f"{name}_relative"):
                 current.pop(name, None)
-        return CallFilter.model_validate(current, context={_NOW_CONTEXT: _as_utc(now) if now else None})
+        return CallFilter.model_validate(current, context={_NOW_CONTEXT: as_utc(now) if now else None})
 
     def is_empty(self) -> bool:
         """True when the filter matches every call."""
@@ -718,7 +720,7 @@ def _tag_keys(tags: TagSelection) -> list[str]:
 def _call(row: sa.RowMapping) -> dict[str, Any]:
     call = dict(row)
     if isinstance(call.get("created_at"), datetime):
-        call["created_at"] = _as_utc(call["created_at"])  # SQLite hands back naive UTC datetimes
+        call["created_at"] = as_utc(call["created_at"])  # SQLite hands back naive UTC datetimes
     for body in _BODIES:
         if isinstance(call.get(body), str):
             # Text that is not JSON (metadata of a binary body) is kept as it was stored.

@@ -243,7 +243,7 @@ def _run_flywheel(url: str, base_url: str, out_dir: Path, echo: Callable[[str], 
     """The flywheel on the classify-v2 traffic: dataset, dedup, relabel, export. The manifest."""
     from flywheel.datasets import create_dataset
     from flywheel.dedup import dedup_dataset
-    from flywheel.export import SplitRules, export_dataset
+    from flywheel.export import export_dataset
     from flywheel.query import CallFilter
     from flywheel.relabel import relabel_dataset
 
@@ -261,7 +261,7 @@ def _run_flywheel(url: str, base_url: str, out_dir: Path, echo: Callable[[str], 
     relabeled = relabel_dataset(url, DATASET, model="gpt-4o", base_url=base_url, api_key="sk-quickstart")
     echo(f"  {relabeled.relabeled} entries relabeled, {relabeled.teacher_calls} teacher calls recorded")
     echo(f"$ flywheel export {DATASET} --out {out_dir} --test-fraction 0.2")
-    result = export_dataset(url, DATASET, out_dir, split=SplitRules(test_fraction=0.2))
+    result = export_dataset(url, DATASET, out_dir, test_fraction=0.2)
     counts = result.counts
     echo(
         f"  {counts['train']} train and {counts['test']} test examples, "

@@ -51,7 +51,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 import openai
@@ -62,7 +62,7 @@ from sqlalchemy.engine import Connection
 import sdk
 from sdk.schema import call_tags, calls, dataset_entries, dataset_versions, datasets, entry_outputs, exports
 
-from .datasets import TEACHER_TAG, entries_at, record_version, require_dataset, write_transaction
+from .datasets import TEACHER_TAG, entries_at, record_version, require_dataset, step_time, write_transaction
 from .errors import FlywheelError, UsageError
 from .finetune_format import UnconvertibleCallError, output_message
 from .query import connect
@@ -665,6 +665,4 @@ class _Run:
         )
 
     def _moment(self) -> datetime:
-        if self.now is not None:
-            return self.now.astimezone(UTC) if self.now.tzinfo else self.now.replace(tzinfo=UTC)
-        return datetime.now(UTC)
+        return step_time(self.now)

@@ -45,7 +45,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Literal, get_args
 
@@ -55,7 +55,14 @@ from sqlalchemy.engine import Connection
 
 from sdk.schema import calls, dataset_entries, datasets, entry_outputs
 
-from .datasets import current_output_id, entries_at, record_version, require_dataset, write_transaction
+from .datasets import (
+    entries_at,
+    entries_with_outputs,
+    record_version,
+    require_dataset,
+    step_time,
+    write_transaction,
+)
 from .errors import FlywheelError, UsageError
 from .finetune_format import UnconvertibleCallError, convert_message, output_message
 from .query import connect
@@ -234,7 +241,7 @@ def import_review(
     """
     source = Path(path)
     shown = str(path)
-    moment = now.astimezone(UTC) if now is not None else datetime.now(UTC)
+    moment = step_time(now)
     with connect(database_url) as conn, tempfile.TemporaryFile() as changes:
         dataset = require_dataset(conn, name)
         checked = _check_file(conn, dataset, source, shown, changes)
@@ -540,11 +547,6 @@ def _file_error(shown: str, issues: Sequence[ReviewIssue], count: int) -> Review
 # --- the store -------------------------------------------------------------------------------------
 
 
-def _newest_output_id(version: int) -> Any:
-    """The id of an entry's current ``entry_outputs`` row at ``version`` (as export finds it)."""
-    return current_output_id(version)
-
-
 def _current_output(row: sa.Row[Any]) -> tuple[dict[str, Any] | None, str | None, dict[str, Any]]:
     """An entry's current output in the fine-tuning format, why it cannot be shown (else ``None``),
     and where it comes from. Export and import both use this, so their fingerprints agree."""
@@ -596,8 +598,7 @@ def _states(conn: Connection, dataset: sa.Row[Any], ids: Sequence[int]) -> dict[
             calls.c.response,
             *_output_columns(),
         )
-        .select_from(dataset_entries.join(calls, calls.c.id == e.call_id))
-        .outerjoin(entry_outputs, entry_outputs.c.id == _newest_output_id(dataset.version))
+        .select_from(entries_with_outputs(dataset.version))
         .where(e.id.in_(ids))
     )
     states: dict[int, _State] = {}
@@ -635,8 +636,7 @@ def _export_rows(
     e, o = dataset_entries.c, entry_outputs.c
     statement = (
         sa.select(e.id, e.call_id, calls.c.request, calls.c.response, *_output_columns())
-        .select_from(dataset_entries.join(calls, calls.c.id == e.call_id))
-        .outerjoin(entry_outputs, o.id == _newest_output_id(dataset.version))
+        .select_from(entries_with_outputs(dataset.version))
         .where(entries_at(dataset.id, dataset.version))
         .order_by(e.call_id)
     )

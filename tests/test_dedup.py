@@ -13,7 +13,7 @@ from test_cli import json_lines, ok
 from flywheel.datasets import create_dataset, get_dataset, update_dataset
 from flywheel.dedup import dedup_dataset
 from flywheel.errors import UsageError
-from flywheel.export import SplitRules, export_dataset
+from flywheel.export import export_dataset
 from flywheel.query import CallFilter
 
 SYSTEM = "You are the support assistant of Acme Parcel Services. Answer briefly and politely. " * 6
@@ -127,7 +127,9 @@ def test_dry_run_and_rerun(db_url: str) -> None:
 
 def test_threshold_and_exact_mode(db_url: str) -> None:
     make(db_url)
-    assert dedup_dataset(db_url, "support", exact=True, dry_run=True).removed == 1
+    exact = dedup_dataset(db_url, "support", exact=True, dry_run=True)
+    assert exact.removed == 1
+    assert "AP4004" in exact.shown[0].preview  # the kept entry's input, read for the clusters shown
     assert dedup_dataset(db_url, "support", threshold=0.95, dry_run=True).removed == 1
     with pytest.raises(UsageError, match="threshold"):
         dedup_dataset(db_url, "support", threshold=0)
@@ -136,9 +138,7 @@ def test_threshold_and_exact_mode(db_url: str) -> None:
 def test_split_after_dedup_keeps_clusters_together(db_url: str, tmp_path: Path) -> None:
     make(db_url)
     dedup_dataset(db_url, "support")
-    result = export_dataset(
-        db_url, "support", tmp_path / "out", split=SplitRules(test_fraction=0.5), min_examples=1
-    )
+    result = export_dataset(db_url, "support", tmp_path / "out", test_fraction=0.5, min_examples=1)
     assert result.counts["train"] + result.counts["test"] == 12
 
 

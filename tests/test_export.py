@@ -14,7 +14,7 @@ from cookbook_checks import cookbook_format_errors
 from recorded_calls import T0, chat_exchange, record, record_chats, scalar
 
 from flywheel.datasets import create_dataset, update_dataset
-from flywheel.export import ExportError, SplitRules, export_dataset
+from flywheel.export import ExportError, export_dataset
 from flywheel.query import CallFilter
 from flywheel.validate import validate_dataset
 
@@ -111,7 +111,7 @@ def test_tools_and_tool_calls_are_exported(db_url: str, tmp_path: Path) -> None:
         ],
     )
     create_dataset(db_url, "tools", CallFilter())
-    export_dataset(db_url, "tools", tmp_path / "out", split=SplitRules(test_fraction=0.0))
+    export_dataset(db_url, "tools", tmp_path / "out", test_fraction=0.0)
     (example, *_) = lines(tmp_path / "out" / "train.jsonl")
     assert example["tools"] == tools
     assert example["messages"][-1] == {"role": "assistant", "content": None, "tool_calls": [call]}
@@ -165,9 +165,7 @@ def test_relabeled_outputs_replace_the_original_and_give_preference_pairs(
             {"e": entry_id, "o": '{"role": "assistant", "content": "Better."}', "t": datetime.now(UTC)},
         )
     engine.dispose()
-    result = export_dataset(
-        db_url, "support", tmp_path / "out", split=SplitRules(test_fraction=0.0), min_examples=1
-    )
+    result = export_dataset(db_url, "support", tmp_path / "out", test_fraction=0.0, min_examples=1)
     train = lines(tmp_path / "out" / "train.jsonl")
     assert sum(example["messages"][-1]["content"] == "Better." for example in train) == 1
     (pair,) = lines(tmp_path / "out" / "preference_train.jsonl")
@@ -175,7 +173,7 @@ def test_relabeled_outputs_replace_the_original_and_give_preference_pairs(
     assert pair["non_preferred_output"] == [{"role": "assistant", "content": "Done."}]
     assert result.counts["preference_train"] == 1
     # With the default minimum (10), one pair is too few: the chat files are written, the pairs not.
-    again = export_dataset(db_url, "support", tmp_path / "out", split=SplitRules(test_fraction=0.0))
+    again = export_dataset(db_url, "support", tmp_path / "out", test_fraction=0.0)
     assert again.counts["preference_train"] == 0 and again.counts["train"] == 12
     assert not (tmp_path / "out" / "preference_train.jsonl").exists()
     assert "preference files not written" in again.manifest["notes"][0]
@@ -183,10 +181,16 @@ def test_relabeled_outputs_replace_the_original_and_give_preference_pairs(
 
 def test_split_rules_are_kept_on_the_dataset(db_url: str, tmp_path: Path) -> None:
     make(db_url)
-    first = export_dataset(db_url, "support", tmp_path / "a", split=SplitRules(test_fraction=0.5, salt="s1"))
+    first = export_dataset(db_url, "support", tmp_path / "a", test_fraction=0.5, salt="s1")
     again = export_dataset(db_url, "support", tmp_path / "b")  # no rules given: the stored ones
     assert again.manifest["rules"]["split"] == {"test_fraction": 0.5, "stratify_by": None, "salt": "s1"}
     assert again.manifest["splits"] == first.manifest["splits"]
+    assert again.manifest["notes"] == []
+    # Only what is given changes; the manifest says so.
+    third = export_dataset(db_url, "support", tmp_path / "c", test_fraction=0.6)
+    assert third.manifest["rules"]["split"] == {"test_fraction": 0.6, "stratify_by": None, "salt": "s1"}
+    assert any("split rules changed" in note for note in third.manifest["notes"])
+    assert set(first.manifest["splits"]["test"]) <= set(third.manifest["splits"]["test"])
 
 
 def test_stratified_split_uses_the_tag(db_url: str, tmp_path: Path) -> None:
@@ -198,9 +202,7 @@ def test_stratified_split_uses_the_tag(db_url: str, tmp_path: Path) -> None:
         tags={"prompt_id": "s", "lang": "de"},
     )
     create_dataset(db_url, "s", CallFilter(tags={"prompt_id": "s"}))
-    result = export_dataset(
-        db_url, "s", tmp_path / "out", split=SplitRules(test_fraction=0.2, stratify_by="lang")
-    )
+    result = export_dataset(db_url, "s", tmp_path / "out", test_fraction=0.2, stratify_by="lang")
     test_ids = set(result.manifest["splits"]["test"])
     assert 40 <= len(test_ids) <= 200
     assert result.manifest["rules"]["split"]["stratify_by"] == "lang"
@@ -263,7 +265,7 @@ def test_the_newest_version_wins_over_a_later_row_of_an_older_version(db_url: st
             },
         )
     engine.dispose()
-    export_dataset(db_url, "support", tmp_path / "out", split=SplitRules(test_fraction=0.0), min_examples=1)
+    export_dataset(db_url, "support", tmp_path / "out", test_fraction=0.0, min_examples=1)
     outputs = [example["messages"][-1]["content"] for example in lines(tmp_path / "out" / "train.jsonl")]
     assert "By a person." in outputs and "By the teacher." not in outputs
 

@@ -12,7 +12,7 @@ from test_cli import assert_one_line_error, json_lines, ok, run
 
 from flywheel.datasets import create_dataset
 from flywheel.errors import UsageError
-from flywheel.export import SplitRules, export_dataset
+from flywheel.export import export_dataset
 from flywheel.finetune_format import DropSystemPrompt, StripPrefix, apply_prune_rules, prune_rule_from_dict
 from flywheel.prune import common_system_prompts, prune_rules, set_prune_rules
 from flywheel.query import CallFilter
@@ -44,7 +44,7 @@ def test_export_applies_the_rules_and_the_manifest_lets_inference_do_the_same(
     make(db_url)
     (top, _) = common_system_prompts(db_url, "support")
     set_prune_rules(db_url, "support", [DropSystemPrompt(top.sha256), StripPrefix("Be ")])
-    export_dataset(db_url, "support", tmp_path / "out", split=SplitRules(test_fraction=0.0))
+    export_dataset(db_url, "support", tmp_path / "out", test_fraction=0.0)
     examples = [orjson.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_bytes().splitlines()]
     assert all(m["content"] != LONG_PROMPT for e in examples for m in e["messages"])
     assert sum(e["messages"][0] == {"role": "system", "content": "terse."} for e in examples) == 1

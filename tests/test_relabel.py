@@ -20,7 +20,7 @@ from recorded_calls import T0, chat_exchange, record, record_chats, scalar
 import sdk
 from flywheel.datasets import create_dataset, get_dataset, update_dataset
 from flywheel.errors import UsageError
-from flywheel.export import SplitRules, export_dataset
+from flywheel.export import export_dataset
 from flywheel.finetune_format import UnconvertibleCallError
 from flywheel.query import CallFilter
 from flywheel.relabel import (
@@ -328,7 +328,7 @@ def test_export_uses_the_relabeled_outputs(db_url: str, mock_server: Any, tmp_pa
     make(db_url)
     relabel(db_url, mock_server)
     answers = {o.entry_call: as_json(o.output) for o in outputs(db_url)}
-    result = export_dataset(db_url, "support", tmp_path / "out", split=SplitRules(test_fraction=0.0))
+    result = export_dataset(db_url, "support", tmp_path / "out", test_fraction=0.0)
     assert result.manifest["dataset_version"] == 2
     train = [orjson.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_bytes().splitlines()]
     assert sorted(example["messages"][-1]["content"] for example in train) == sorted(

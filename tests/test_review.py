@@ -17,7 +17,7 @@ from recorded_calls import T0, chat_exchange, record, record_chats, scalar
 import flywheel.review as review
 from flywheel.datasets import NotFoundError, create_dataset, get_dataset, record_version
 from flywheel.errors import FlywheelError, UsageError
-from flywheel.export import SplitRules, export_dataset
+from flywheel.export import export_dataset
 from flywheel.query import CallFilter
 from flywheel.review import (
     ReviewFileError,
@@ -127,9 +127,7 @@ def test_round_trip_stores_human_outputs_that_the_export_uses(db_url: str, tmp_p
     assert version.details["file"] == "review.jsonl" and version.details["sha256"] == result.sha256
     assert (version.details["edited"], version.details["untouched"]) == (2, 10)
 
-    exported = export_dataset(
-        db_url, "classify", tmp_path / "out", split=SplitRules(test_fraction=0.0), min_examples=1
-    )
+    exported = export_dataset(db_url, "classify", tmp_path / "out", test_fraction=0.0, min_examples=1)
     assert exported.manifest["dataset_version"] == 2
     train = {
         call_id: example["messages"][-1]["content"]
