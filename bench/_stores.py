@@ -1,13 +1,18 @@
 """Shared by the benchmarks: a store of the run's own, SQLite in a temporary directory or a
-PostgreSQL database created on the local server (127.0.0.1:5432) and dropped afterwards."""
+PostgreSQL database created on the local server (127.0.0.1:5432) and dropped afterwards, and the
+child process each measurement runs in (so that its peak RSS is its own)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -30,3 +35,18 @@ def scratch_store(store: str, directory: Path) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def run_child(script: str, store: str, *args: str) -> dict[str, Any] | None:
+    """Run ``script --child STORE ARGS`` in a new interpreter; its last line of output, as JSON.
+
+    ``None`` (after printing the child's stderr) when it failed.
+    """
+    done = subprocess.run(
+        [sys.executable, script, "--child", store, *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        print(done.stderr, file=sys.stderr)
+        return None
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result

@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from _report import PERFORMANCE_DOC as DOC  # noqa: E402  (bench/ is on sys.path when run as a script)
 from _report import update_section  # noqa: E402
-from _stores import scratch_store  # noqa: E402
+from _stores import run_child, scratch_store  # noqa: E402
 
 SECTION = "## Flywheel steps at scale"
 LOAD_BATCH = 5000
@@ -255,15 +254,9 @@ def main() -> int:
     )
     for size in [] if args.render else args.sizes:
         for store in args.stores.split(","):
-            done = subprocess.run(
-                [sys.executable, __file__, "--child", store, "--sizes", str(size)],
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode != 0:
-                print(done.stderr, file=sys.stderr)
+            result = run_child(__file__, store, "--sizes", str(size))
+            if result is None:
                 return 1
-            result = json.loads(done.stdout.strip().splitlines()[-1])
             result["store"] = store
             results.append(result)
             print(json.dumps(result), file=sys.stderr)

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from _report import PERFORMANCE_DOC as DOC  # noqa: E402  (bench/ is on sys.path when run as a script)
 from _report import update_section  # noqa: E402
-from _stores import scratch_store  # noqa: E402
+from _stores import run_child, scratch_store  # noqa: E402
 
 SECTION = "## Writer throughput"
 TARGET = 20_000
@@ -216,15 +215,10 @@ def main() -> int:
 
     results: dict[str, dict[str, Any]] = {}
     for store in args.stores.split(","):
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", store, "--records", str(args.records)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            print(done.stderr, file=sys.stderr)
+        result = run_child(__file__, store, "--records", str(args.records))
+        if result is None:
             return 1
-        results[store] = json.loads(done.stdout.strip().splitlines()[-1])
+        results[store] = result
 
     lines = [
         "| store | records | records/s | peak RSS (MB) | RSS before (MB) | dropped | "
@@ -249,7 +243,8 @@ def main() -> int:
         'process at the end of the run; "RSS before" is after imports and set-up, so the difference is '
         "what the queue, the batches in flight and the drivers hold. The last two columns time each "
         "stage alone, on one thread, on the same records; the writer runs them on two threads, building "
-        f"a batch while the last one is inserted. Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
+        "a batch while the last one is inserted. "
+        f"Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
         f"{os.cpu_count()} CPUs shared with the database server. Target: >= {TARGET:,} records/s with "
         "bounded memory.\n\n" + "\n".join(lines) + "\n"
     )
