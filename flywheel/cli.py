@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, TypeVar
@@ -32,6 +31,7 @@ from .finetune_format import DropSystemPrompt, StripPrefix, TrainOn
 from .logs import recent_calls
 from .migrate import describe_revision, migrate, pending_migrations
 from .near_duplicates import DEFAULT_THRESHOLD
+from .parallel import WORKERS_FROM, default_workers
 from .prune import common_system_prompts, prune_rules, set_prune_rules
 from .query import TIME_FORMATS_HELP, CallFilter
 from .relabel import (
@@ -121,6 +121,18 @@ def json_option(command: F) -> F:
     """``--json``: JSON Lines on stdout instead of a table."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON Lines (one object per line).")(
         command
+    )
+
+
+def workers_option(work: str) -> Callable[[F], F]:
+    """``--workers N``: processes for the heavy part of a step over a large dataset."""
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=default_workers,
+        show_default="the number of CPUs",
+        metavar="N",
+        help=f"Processes that {work}, for datasets of {WORKERS_FROM:,} entries or more.",
     )
 
 
@@ -661,9 +673,17 @@ def _details(details: dict[str, Any]) -> str:
 @click.option(
     "--show", type=click.IntRange(min=0), default=10, show_default=True, metavar="N", help="Clusters to list."
 )
+@workers_option("sketch the inputs")
 @json_option
 def dedup_command(
-    db_url: str | None, name: str, threshold: float, exact: bool, dry_run: bool, show: int, as_json: bool
+    db_url: str | None,
+    name: str,
+    threshold: float,
+    exact: bool,
+    dry_run: bool,
+    show: int,
+    workers: int,
+    as_json: bool,
 ) -> None:
     """Keep one entry per cluster of (near-)duplicate inputs in dataset NAME; list the clusters.
 
@@ -673,7 +693,14 @@ def dedup_command(
     """
     with _progress_bar("reading entries", quiet=as_json) as progress:
         result = dedup_dataset(
-            _db(db_url), name, threshold=threshold, exact=exact, dry_run=dry_run, show=show, progress=progress
+            _db(db_url),
+            name,
+            threshold=threshold,
+            exact=exact,
+            dry_run=dry_run,
+            show=show,
+            workers=workers,
+            progress=progress,
         )
     if as_json:
         _print_json_lines([result.as_dict()])
@@ -924,14 +951,7 @@ def review_import_command(db_url: str | None, name: str, path: str, dry_run: boo
     metavar="N",
     help="Export the dataset as it was at version N (rebuilds an earlier export). Default: the newest.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=lambda: os.cpu_count() or 1,
-    show_default="the number of CPUs",
-    metavar="N",
-    help="Processes that convert and check entries, for datasets of 100,000 entries or more.",
-)
+@workers_option("convert and check entries")
 @click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
 @json_option
 def export_command(

@@ -45,6 +45,7 @@ from .datasets import (
 )
 from .errors import UsageError
 from .near_duplicates import DEFAULT_THRESHOLD, choose_representative, input_text, near_duplicate_clusters
+from .parallel import workers_for
 from .query import connect
 
 __all__ = ["Cluster", "DedupResult", "dedup_dataset"]
@@ -127,6 +128,7 @@ def dedup_dataset(
     exact: bool = False,
     dry_run: bool = False,
     show: int = 10,
+    workers: int = 1,
     progress: Progress | None = None,
     now: datetime | None = None,
 ) -> DedupResult:
@@ -134,8 +136,10 @@ def dedup_dataset(
 
     ``threshold`` is the estimated Jaccard similarity of two inputs' word bigrams (boilerplate left
     out) from which they count as near-duplicates; the default 0.5 takes templated prompts that
-    differ in a word or two as copies. ``exact`` compares input hashes only. ``progress(done,
-    total)`` is called as the entries are read.
+    differ in a word or two as copies. ``exact`` compares input hashes only. ``workers`` > 1
+    sketches the inputs of a large dataset (``parallel.WORKERS_FROM`` entries or more) in that
+    many spawned processes; the clusters are the same. ``progress(done, total)`` is called as the
+    entries are read.
     """
     if not 0 < threshold <= 1:
         raise UsageError(f"threshold must be above 0 and at most 1, got {threshold}", "--threshold")
@@ -143,14 +147,16 @@ def dedup_dataset(
     with connect(database_url) as conn:
         dataset = require_dataset(conn, name)
         seen = _Entries()
-        total = count_entries(conn, dataset.id, dataset.version) if progress is not None else 0
+        total = count_entries(conn, dataset.id, dataset.version)
         items = _items(conn, dataset, seen, with_text=not exact, progress=progress, total=total)
         if exact:
             for _ in items:  # only the bookkeeping: clusters come from the input hashes
                 pass
             groups = _hash_groups(seen)
         else:
-            groups = near_duplicate_clusters(items, threshold=threshold)
+            groups = near_duplicate_clusters(
+                items, threshold=threshold, text_of=_compared_text, workers=workers_for(total, workers)
+            )
         clusters = [_decide(group, seen) for group in groups]
         removed = [(entry, cluster) for cluster in clusters for entry in cluster.removed]
         duplicates = sum(1 for entry, cluster in removed if _same_input(seen, entry, cluster.kept))
@@ -207,7 +213,8 @@ def _items(
     progress: Progress | None = None,
     total: int = 0,
 ) -> Iterator[tuple[int, str]]:
-    """``(entry id, compared text)`` oldest call first, noting what the rule needs on the way."""
+    """``(entry id, request JSON)`` oldest call first (``_compared_text`` makes it the compared text),
+    noting what the rule needs on the way."""
     e, c = dataset_entries.c, calls.c
     columns: list[Any] = [e.id, e.call_id, e.cluster_key, e.first_exported_in, c.input_hash]
     if with_text:
@@ -230,7 +237,7 @@ def _items(
         seen.hashes[entry] = row.input_hash
         if row.first_exported_in is not None:
             seen.exported.add(entry)
-        yield entry, _compared_text(row.request) if with_text else ""
+        yield entry, row.request if with_text else ""
     if progress is not None:
         progress(total, total)
 

@@ -52,6 +52,7 @@ from .datasets import (
 from .errors import FlywheelError, UsageError
 from .export_lines import EntryRow, ExportJob, PreparedEntry, job_rules, prepared_batches
 from .finetune_format import PruneRule, TrainOn, prune_rule_from_dict
+from .parallel import workers_for
 from .query import connect
 from .split import DEFAULT_TEST_FRACTION, Side
 from .validate import MIN_EXAMPLES, DatasetValidator, Issue, Method, ValidationReport
@@ -59,8 +60,6 @@ from .validate import MIN_EXAMPLES, DatasetValidator, Issue, Method, ValidationR
 __all__ = ["ExportError", "ExportResult", "SplitRules", "export_dataset"]
 
 BATCH_ROWS = 1000
-WORKERS_FROM = 100_000
-"""Entries from which ``workers`` > 1 is used: below it, starting the processes costs more."""
 MAX_ISSUES_SHOWN = 20
 
 
@@ -161,7 +160,7 @@ def export_dataset(
     validates and counts but writes nothing and records nothing. ``version`` exports the dataset
     as it was at that version (its entries, their outputs and pruning rules then; the split rules
     as stored), which rebuilds an earlier export file for file. ``workers`` > 1 converts and
-    checks the entries of a large dataset (``WORKERS_FROM`` entries or more) in that many spawned
+    checks the entries of a large dataset (``parallel.WORKERS_FROM`` entries or more) in that many
     processes; the files are the same byte for byte. ``progress(done, total)`` is called as
     entries are written.
     """
@@ -283,7 +282,7 @@ def _write_examples(
                 preference_check=checks.validator(side, "dpo"),
             )
         batches = _entry_batches(conn, dataset, rules.stratify_by)
-        for prepared in prepared_batches(job, batches, workers if total >= WORKERS_FROM else 1):
+        for prepared in prepared_batches(job, batches, workers_for(total, workers)):
             for entry in prepared:
                 _write_entry(entry, sides, skipped, skip_invalid)
             done += len(prepared)

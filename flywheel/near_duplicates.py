@@ -1,6 +1,7 @@
 """Near-duplicate detection for ``flywheel dedup``: MinHash sketches, LSH banding, clusters.
 
-Pure functions over texts: no store, no I/O. The pipeline, for items fed oldest first:
+Pure functions over texts: no store, no I/O (sketching may run in worker processes). The
+pipeline, for items fed oldest first:
 
 1. ``input_text`` turns a chat request into the text that is compared.
 2. ``learn_boilerplate`` finds what most inputs share (a long system prompt, the fixed words of a
@@ -39,8 +40,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from hashlib import sha256
 from itertools import chain, islice
 from typing import Any, TypeVar
@@ -48,6 +50,8 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 from numpy.typing import NDArray
+
+from .parallel import ordered_map
 
 __all__ = [
     "BOILERPLATE_SAMPLE",
@@ -201,10 +205,12 @@ def lsh_bands(threshold: float, num_bins: int = NUM_BINS) -> tuple[int, int]:
 
 
 def near_duplicate_clusters(
-    items: Iterable[tuple[K, str]],
+    items: Iterable[tuple[K, Any]],
     *,
     threshold: float = DEFAULT_THRESHOLD,
     boilerplate: Boilerplate | None = None,
+    text_of: Callable[[Any], str] | None = None,
+    workers: int = 1,
 ) -> list[list[K]]:
     """Clusters (two members or more) of near-duplicate texts among ``(key, text)`` items.
 
@@ -219,23 +225,30 @@ def near_duplicate_clusters(
     A text that is nothing but boilerplate is compared by its whole normalized text, so only its
     exact copies match it. For clear-cut data the clusters do not depend on the input order;
     a member whose similarity is borderline to some members may join or stay out depending on it.
+
+    With ``text_of`` (a picklable function), items are ``(key, payload)`` and ``text_of(payload)``
+    is the text: with ``workers`` > 1 it runs, with the sketching, in that many processes
+    (``flywheel.parallel``); the clusters are the same.
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     stream = iter(items)
     head = list(islice(stream, BOILERPLATE_SAMPLE))
     if boilerplate is None:
-        boilerplate = learn_boilerplate(text for _, text in head)
+        boilerplate = learn_boilerplate(_texts([payload for _, payload in head], text_of))
     frequent = np.array(sorted(boilerplate.shingles), dtype=np.uint64)
     _, rows = lsh_bands(threshold)
     keys: list[K] = []
+
+    def payloads() -> Iterator[list[Any]]:
+        for batch in _batches(chain(head, stream)):
+            keys.extend(key for key, _ in batch)
+            yield [payload for _, payload in batch]
+
+    sketch = partial(_sketch_batch, boilerplate=boilerplate, frequent=frequent, rows=rows, text_of=text_of)
     signatures: list[NDArray[np.uint8]] = []
     band_keys: list[NDArray[np.uint32]] = []
-    for batch in _batches(chain(head, stream)):
-        keys.extend(key for key, _ in batch)
-        batch_signatures, batch_band_keys = _sketches(
-            [text for _, text in batch], boilerplate, frequent, rows
-        )
+    for batch_signatures, batch_band_keys in ordered_map(sketch, payloads(), workers):
         signatures.append(batch_signatures)
         band_keys.append(batch_band_keys)
     if not keys:
@@ -258,9 +271,25 @@ def choose_representative(cluster: Sequence[K], exported: Collection[K] = ()) ->
     return next((key for key in cluster if key in exported), cluster[0])
 
 
-def _batches(items: Iterator[tuple[K, str]]) -> Iterator[list[tuple[K, str]]]:
+def _batches(items: Iterator[tuple[K, Any]]) -> Iterator[list[tuple[K, Any]]]:
     while batch := list(islice(items, _BATCH)):
         yield batch
+
+
+def _texts(payloads: list[Any], text_of: Callable[[Any], str] | None) -> list[str]:
+    return payloads if text_of is None else [text_of(payload) for payload in payloads]
+
+
+def _sketch_batch(
+    payloads: list[Any],
+    *,
+    boilerplate: Boilerplate,
+    frequent: NDArray[np.uint64],
+    rows: int,
+    text_of: Callable[[Any], str] | None,
+) -> tuple[NDArray[np.uint8], NDArray[np.uint32]]:
+    # The unit of work of a worker process: a batch of payloads to signatures and band keys.
+    return _sketches(_texts(payloads, text_of), boilerplate, frequent, rows)
 
 
 def _normalized(text: str) -> bytes:

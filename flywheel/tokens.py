@@ -30,7 +30,7 @@ are close estimates, good for checking a limit but not for billing.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import gzip
 import hashlib
 from collections.abc import Mapping, Sequence
@@ -163,12 +163,8 @@ def _vocabulary_bytes(name: EncodingName) -> bytes:
 
 def _parse_ranks(raw: bytes) -> dict[bytes, int]:
     # The .tiktoken format: one "base64(token bytes) rank" pair per line.
-    ranks: dict[bytes, int] = {}
-    for line in raw.splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    return ranks
+    fields = raw.split()
+    return dict(zip(map(binascii.a2b_base64, fields[::2]), map(int, fields[1::2]), strict=True))
 
 
 def encoding_name_for_model(model: str) -> EncodingName:

@@ -25,6 +25,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal
 
 import tiktoken
@@ -604,7 +605,6 @@ class DatasetValidator:
         self.method = method
         self.base_model = base_model
         self.min_examples = min_examples
-        self.encoding = encoding_for_model(base_model or "gpt-4o")
         self.limit = (
             token_limit
             if token_limit is not None
@@ -615,6 +615,11 @@ class DatasetValidator:
         self.counts: dict[str, int] = {}
         self.total = 0
         self._forgotten: set[str] = set()
+
+    @cached_property
+    def encoding(self) -> tiktoken.Encoding:
+        """The base model's encoding, loaded on first use (``record`` alone never needs it)."""
+        return encoding_for_model(self.base_model or "gpt-4o")
 
     def add(self, entry: str, example: Any) -> list[Issue]:
         """Check one example (``entry`` names it in issues); its issues, also kept for ``report``."""

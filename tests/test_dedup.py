@@ -125,6 +125,18 @@ def test_dry_run_and_rerun(db_url: str) -> None:
     assert (again.removed, again.version) == (0, None)  # nothing left to do: no version
 
 
+def test_sketching_in_worker_processes_finds_the_same_clusters(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make(db_url)
+    here = dedup_dataset(db_url, "support", dry_run=True)
+    monkeypatch.setattr("flywheel.parallel.WORKERS_FROM", 0)
+    monkeypatch.setattr("flywheel.near_duplicates._BATCH", 3)  # several batches in flight
+    there = dedup_dataset(db_url, "support", workers=2)
+    assert there.removed == here.removed == 4
+    assert [cluster.as_dict() for cluster in there.shown] == [cluster.as_dict() for cluster in here.shown]
+
+
 def test_threshold_and_exact_mode(db_url: str) -> None:
     make(db_url)
     exact = dedup_dataset(db_url, "support", exact=True, dry_run=True)

@@ -286,7 +286,7 @@ def test_worker_processes_write_the_same_files(
         ],
     )
     update_dataset(db_url, "support")
-    monkeypatch.setattr("flywheel.export.WORKERS_FROM", 0)
+    monkeypatch.setattr("flywheel.parallel.WORKERS_FROM", 0)
     monkeypatch.setattr("flywheel.export.BATCH_ROWS", 7)  # several batches in flight
     here = export_dataset(db_url, "support", tmp_path / "one", skip_invalid=True, dry_run=True)
     there = export_dataset(db_url, "support", tmp_path / "two", skip_invalid=True, workers=2, dry_run=True)
