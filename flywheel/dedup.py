@@ -51,6 +51,7 @@ from .query import connect
 __all__ = ["Cluster", "DedupResult", "dedup_dataset"]
 
 BATCH_ROWS = 2000
+WRITE_ROWS = 10_000
 PREVIEW_CHARS = 120
 
 
@@ -297,25 +298,44 @@ def _write(
     seen: _Entries,
     version: int,
 ) -> None:
+    """Each changed entry updated once: its cluster key (where it had none), its removal (where it
+    is taken out), or both."""
+    changes: dict[int, tuple[str | None, str | None]] = {entry: (key, None) for entry, key in keyed}
+    for entry, cluster in removed:
+        reason = "duplicate" if _same_input(seen, entry, cluster.kept) else "near_duplicate"
+        changes[entry] = (changes.get(entry, (None, None))[0], reason)
+    rows = [(entry, key, reason) for entry, (key, reason) in changes.items()]
+    if conn.dialect.name == "postgresql":
+        # As arrays, WRITE_ROWS at a time: a statement per row costs PostgreSQL a round trip each.
+        for start in range(0, len(rows), WRITE_ROWS):
+            entries, keys, reasons = zip(*rows[start : start + WRITE_ROWS], strict=True)
+            conn.execute(
+                _UPDATE_FROM_ARRAYS,
+                {"entries": list(entries), "keys": list(keys), "reasons": list(reasons), "version": version},
+            )
+        return
+    # SQLite's executemany runs in-process: one statement per row is as fast.
     e = dataset_entries.c
-    set_key = (
+    why = sa.bindparam("why", type_=sa.String)
+    statement = (
         sa.update(dataset_entries)
         .where(e.id == sa.bindparam("entry"))
-        .values(cluster_key=sa.bindparam("key"))
+        .values(
+            cluster_key=sa.func.coalesce(sa.bindparam("key", type_=sa.String), e.cluster_key),
+            removed_in=sa.case((why.is_(None), e.removed_in), else_=version),
+            removed_reason=sa.func.coalesce(why, e.removed_reason),
+        )
     )
-    if keyed:
-        conn.execute(set_key, [{"entry": entry, "key": key} for entry, key in keyed])
-    take_out = (
-        sa.update(dataset_entries)
-        .where(e.id == sa.bindparam("entry"))
-        .values(removed_in=version, removed_reason=sa.bindparam("reason"))
-    )
-    rows = [
-        {
-            "entry": entry,
-            "reason": "duplicate" if _same_input(seen, entry, cluster.kept) else "near_duplicate",
-        }
-        for entry, cluster in removed
-    ]
     if rows:
-        conn.execute(take_out, rows)
+        conn.execute(statement, [{"entry": entry, "key": key, "why": reason} for entry, key, reason in rows])
+
+
+_UPDATE_FROM_ARRAYS = sa.text(
+    "UPDATE dataset_entries SET "
+    "cluster_key = COALESCE(changed.key, dataset_entries.cluster_key), "
+    "removed_in = CASE WHEN changed.reason IS NULL THEN dataset_entries.removed_in ELSE :version END, "
+    "removed_reason = COALESCE(changed.reason, dataset_entries.removed_reason) "
+    "FROM unnest(CAST(:entries AS integer[]), CAST(:keys AS varchar[]), CAST(:reasons AS varchar[])) "
+    "AS changed (entry, key, reason) "
+    "WHERE dataset_entries.id = changed.entry"
+)
