@@ -224,6 +224,8 @@ dataset_entries = Table(
     Column("first_exported_in", Integer, nullable=True, comment="Dataset version of its first export."),
     Index(None, "dataset_id", "call_id", unique=True),
     Index(None, "call_id"),
+    # Room on each page for updated rows (HOT updates: dedup and export mark entries); see 0004.
+    postgresql_with={"fillfactor": 50},
 )
 
 entry_outputs = Table(
