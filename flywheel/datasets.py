@@ -65,6 +65,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 """Dataset names: letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit."""
 
 CHAT_ENDPOINT = "/chat/completions"
+ANALYZE_FROM = 10_000
+"""New entries from which ``dataset create``/``update`` refresh PostgreSQL's statistics of the table."""
 TEACHER_TAG = "flywheel_relabel"
 """The tag on the calls ``flywheel relabel`` makes: never taken into a dataset."""
 
@@ -346,6 +348,10 @@ def _take_in(
             dataset_entries.c.dataset_id == dataset_id, dataset_entries.c.added_in == new_version
         )
     ).scalar_one()
+    if added >= ANALYZE_FROM and conn.dialect.name == "postgresql":
+        # Fresh statistics, or the planner takes the table for the few rows it last saw and sorts
+        # a million entries with their bodies on disk where an index walk would stream them.
+        conn.execute(sa.text("ANALYZE dataset_entries"))
     if added or always:
         details = {"added": added, "filter": call_filter.as_dict()}
         record_version(conn, dataset_id, new_version, action, details, moment)
