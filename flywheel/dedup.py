@@ -227,20 +227,20 @@ def _items(
         .order_by(e.call_id)
         .execution_options(stream_results=True, yield_per=BATCH_ROWS)
     )
-    for done, row in enumerate(conn.execute(statement), 1):
-        if progress is not None and done % BATCH_ROWS == 0:
+    done = 0
+    for partition in conn.execute(statement).partitions():
+        for entry, call_id, cluster_key, exported_in, input_hash, *text in partition:
+            seen.ids.append(entry)
+            seen.keys[entry] = cluster_key or input_hash or call_id
+            if cluster_key is not None:
+                seen.has_cluster_key.add(entry)
+            seen.hashes[entry] = input_hash
+            if exported_in is not None:
+                seen.exported.add(entry)
+            yield entry, text[0] if text else ""
+        done += len(partition)
+        if progress is not None:
             progress(done, total)
-        entry = int(row.id)
-        seen.ids.append(entry)
-        seen.keys[entry] = row.cluster_key or row.input_hash or row.call_id
-        if row.cluster_key is not None:
-            seen.has_cluster_key.add(entry)
-        seen.hashes[entry] = row.input_hash
-        if row.first_exported_in is not None:
-            seen.exported.add(entry)
-        yield entry, row.request if with_text else ""
-    if progress is not None:
-        progress(total, total)
 
 
 def _compared_text(request_text: str) -> str:
