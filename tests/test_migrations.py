@@ -107,7 +107,7 @@ def test_upgrade_head_on_empty_store_matches_metadata(db_url: str, engine: sa.En
         assert [ix["name"] for ix in inspector.get_indexes("call_tags")] == ["ix_call_tags_key_value"]
         if engine.dialect.name == "postgresql":  # room for HOT updates of entries (0004)
             options = conn.execute(
-                sa.text("SELECT reloptions FROM pg_class WHERE relname = 'dataset_entries'")
+                sa.text("SELECT reloptions FROM pg_class WHERE oid = CAST('dataset_entries' AS regclass)")
             ).scalar_one()
             assert options == ["fillfactor=50"]
 
