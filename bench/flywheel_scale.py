@@ -5,8 +5,9 @@ prompt (~560 characters) and a user message of a templated opening and 12-40 wor
 customer's own (from a 3,000-word vocabulary); one call in ten is a near-copy of an earlier one
 (a word or two changed) and one in twenty an exact repeat; two
 ``prompt_id`` tags, of which the dataset takes one (~80 % of the calls). Rows are written straight
-into the store with ``sdk._store.insert_batch`` (not timed). Then, timed one after the other, as a
-user runs them:
+into the store with ``sdk._store.insert_batch`` (not timed), then analyzed on PostgreSQL (what
+autovacuum does a minute after such a load; it is off on this machine's server). Then, timed one
+after the other, as a user runs them (with the CLI's default of one worker process per CPU):
 
     flywheel dataset create  (the filter, pushed down to the database: INSERT ... SELECT)
     flywheel dedup           (exact and near-duplicate clusters; non-representatives removed)
@@ -186,7 +187,7 @@ def run_steps(url: str, count: int, out_dir: Path) -> dict[str, Any]:
         dedup_dataset = None
     if dedup_dataset is not None:
         started = time.perf_counter()
-        removed = dedup_dataset(url, "support").removed
+        removed = dedup_dataset(url, "support", workers=os.cpu_count() or 1).removed
         timings["dedup"] = time.perf_counter() - started
     started = time.perf_counter()
     exported = export_dataset(
@@ -233,9 +234,10 @@ def render(results: list[dict[str, Any]]) -> str:
         f"`python bench/flywheel_scale.py --sizes {sizes}`: synthetic support traffic (one long system "
         "prompt, a templated opening and 12-40 words of the customer's own, 10 % near-copies, 5 % exact "
         "repeats), loaded into the store untimed; then `dataset create` (a tag and status filter, ~80 % of "
-        "the calls), `dedup` and `export` (split, chat-format lines, validation with exact token counts, "
-        "manifest; one worker process per CPU), timed one after the other, each size and store in its "
-        "own process. Peak RSS is the "
+        "the calls), `dedup` (exact and near-duplicates, the sketches in one worker process per CPU) and "
+        "`export` (split, chat-format lines, validation with exact token counts, manifest; one worker "
+        "process per CPU), as the CLI runs them, timed one after the other, each size and store in its "
+        "own process; on PostgreSQL `ANALYZE` runs after the load, as autovacuum would. Peak RSS is the "
         f"whole process's. Python {platform.python_version()}, {os.cpu_count()} CPUs shared with the "
         "database server. Target at 1,000,000 calls: <= 120 s and <= 2 GiB.\n\n" + "\n".join(lines) + "\n"
     )
