@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from recorded_calls import T0, chat_exchange, record, record_chats, scalar
 
 import flywheel.review as review
+import flywheel.review_store as review_store
 from flywheel.datasets import NotFoundError, create_dataset, get_dataset, record_version
 from flywheel.errors import FlywheelError, UsageError
 from flywheel.export import export_dataset
@@ -460,15 +461,15 @@ def test_a_big_file_is_checked_and_written_in_batches(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make(db_url, [f"question {n}" for n in range(600)], step=timedelta(seconds=1))
-    monkeypatch.setattr(review, "BATCH_ROWS", 64)
+    monkeypatch.setattr(review_store, "BATCH_ROWS", 64)
     looked_up: list[int] = []
-    states = review._states
+    states = review_store._states
 
     def counting_states(conn: Any, dataset: Any, ids: Any) -> Any:
         looked_up.append(len(ids))
         return states(conn, dataset, ids)
 
-    monkeypatch.setattr(review, "_states", counting_states)
+    monkeypatch.setattr(review_store, "_states", counting_states)
     path = tmp_path / "review.jsonl"
     assert export_review(db_url, "classify", path).entries == 600
     lines = read(path)
@@ -493,19 +494,19 @@ def test_a_step_between_the_check_and_the_write_stops_the_import(
     lines = read(path)
     lines[0]["output"] = said("refund")
     write(path, lines)
-    check = review._check_file
+    check = review.check_file
 
     def check_then_relabel(*args: Any) -> Any:
         checked = check(*args)
         relabel(db_url, lines[5]["entry"], version=2)  # another step commits in between
         return checked
 
-    monkeypatch.setattr(review, "_check_file", check_then_relabel)
+    monkeypatch.setattr(review, "check_file", check_then_relabel)
     with pytest.raises(FlywheelError, match=r"changed while the review file was checked \(version 1 -> 2\)"):
         import_review(db_url, "classify", path)
     assert scalar(db_url, "SELECT count(*) FROM entry_outputs WHERE source = 'human'") == 0
     assert scalar(db_url, "SELECT max(version) FROM dataset_versions") == 2
-    monkeypatch.setattr(review, "_check_file", check)
+    monkeypatch.setattr(review, "check_file", check)
     assert import_review(db_url, "classify", path).version == 3  # run again: it goes in
 
 
