@@ -7,6 +7,7 @@ PostgreSQL server is an error, never a skip.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -75,6 +76,15 @@ def _isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLYWHEEL_DISABLED", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _garbage_collected_after_each_test() -> Iterator[None]:
+    """A connection a test leaves open is closed by the garbage collector, with a ResourceWarning
+    (an error here); collecting after each test puts that warning in the test that left it, under
+    its own warning filters, not in whichever test happens to run when the collector does."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -40,8 +40,16 @@ def test_public_api_is_exported() -> None:
 
 
 def test_same_objects_and_exceptions_as_plain_openai(mock_server: Any, store: str) -> None:
-    plain = openai.OpenAI(api_key=API_KEY, base_url=mock_server.base_url, max_retries=0)
-    recording = sdk.OpenAI(api_key=API_KEY, base_url=mock_server.base_url, max_retries=0, database_url=store)
+    with (
+        openai.OpenAI(api_key=API_KEY, base_url=mock_server.base_url, max_retries=0) as plain,
+        sdk.OpenAI(
+            api_key=API_KEY, base_url=mock_server.base_url, max_retries=0, database_url=store
+        ) as recording,
+    ):
+        _same_objects_and_exceptions(plain, recording)
+
+
+def _same_objects_and_exceptions(plain: openai.OpenAI, recording: openai.OpenAI) -> None:
     for client in (plain, recording):
         assert isinstance(client.chat.completions, openai.resources.chat.Completions)
     a = plain.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -146,10 +154,12 @@ def test_disabled_records_nothing(mock_server: Any, store: str, monkeypatch: pyt
 
     upgrade(store)
     monkeypatch.setenv("FLYWHEEL_DISABLED", "1")
-    client = sdk.OpenAI(api_key=API_KEY, base_url=mock_server.base_url, database_url=store)
-    reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, tags={"still": "accepted"})
-    assert reply.choices
-    assert "Recording" not in type(client._client._transport).__name__
+    with sdk.OpenAI(api_key=API_KEY, base_url=mock_server.base_url, database_url=store) as client:
+        reply = client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, tags={"still": "accepted"}
+        )
+        assert reply.choices
+        assert "Recording" not in type(client._client._transport).__name__
     assert fetch_calls(store) == []
 
 
@@ -176,19 +186,20 @@ def test_api_key_never_reaches_store_spool_or_logs(
     spool = tmp_path / "spool"
     monkeypatch.setenv("FLYWHEEL_SPOOL_DIR", str(spool))
     caplog.set_level(logging.DEBUG)
-    client = sdk.OpenAI(api_key=API_KEY, base_url=mock_server.base_url, database_url=store, max_retries=1)
-    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True).close()
-    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-mock-status": "500"}
-        )
+    with sdk.OpenAI(
+        api_key=API_KEY, base_url=mock_server.base_url, database_url=store, max_retries=1
+    ) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True).close()
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-mock-status": "500"}
+            )
     # a store that cannot be opened sends records to the spool
-    broken = sdk.OpenAI(
-        api_key=API_KEY, base_url=mock_server.base_url, database_url=f"sqlite:///{tmp_path}/missing/dir/x.db"
-    )
-    (tmp_path / "missing").write_text("a file where a directory should be")
-    broken.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    broken_store = f"sqlite:///{tmp_path}/missing/dir/x.db"
+    with sdk.OpenAI(api_key=API_KEY, base_url=mock_server.base_url, database_url=broken_store) as broken:
+        (tmp_path / "missing").write_text("a file where a directory should be")
+        broken.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert sdk.flush(timeout=30)
     assert len(fetch_calls(store)) == 4
     spooled = [p for p in spool.rglob("*") if p.is_file()]
@@ -202,8 +213,10 @@ def test_api_key_never_reaches_store_spool_or_logs(
 
 def test_sqlite_store_is_private(mock_server: Any, tmp_path: Path) -> None:
     path = tmp_path / "private.db"
-    client = sdk.OpenAI(api_key=API_KEY, base_url=mock_server.base_url, database_url=f"sqlite:///{path}")
-    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    with sdk.OpenAI(
+        api_key=API_KEY, base_url=mock_server.base_url, database_url=f"sqlite:///{path}"
+    ) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert sdk.flush(timeout=30)
     assert path.stat().st_mode & 0o777 == 0o600
 

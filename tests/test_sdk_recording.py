@@ -4,7 +4,6 @@ real stores (SQLite and PostgreSQL). Each test checks both what the app saw and 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -31,15 +30,6 @@ def anyio_backend() -> str:
 def store(db_url: str) -> str:
     prepare_store(db_url)
     return db_url
-
-
-@pytest.fixture(autouse=True)
-def _garbage_collected_after_each_test() -> Iterator[None]:
-    """A connection a test leaves open is closed by the garbage collector, with a ResourceWarning;
-    collecting after each test puts that warning in the test that left it (under its own
-    warning filters), not in whichever test happens to run when the collector does."""
-    yield
-    gc.collect()
 
 
 def make_client(mock_server: Any, store: str, **kwargs: Any) -> sdk.OpenAI:
