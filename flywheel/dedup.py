@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy import ARRAY
 from sqlalchemy.engine import Connection
 
 from sdk.schema import calls, dataset_entries
@@ -299,43 +300,51 @@ def _write(
     version: int,
 ) -> None:
     """Each changed entry updated once: its cluster key (where it had none), its removal (where it
-    is taken out), or both."""
-    changes: dict[int, tuple[str | None, str | None]] = {entry: (key, None) for entry, key in keyed}
+    is taken out), or both. One UPDATE for both stores; only where its rows come from differs."""
+    changes: dict[int, list[str | None]] = {entry: [key, None] for entry, key in keyed}
     for entry, cluster in removed:
         reason = "duplicate" if _same_input(seen, entry, cluster.kept) else "near_duplicate"
-        changes[entry] = (changes.get(entry, (None, None))[0], reason)
+        changes.setdefault(entry, [None, None])[1] = reason
     rows = [(entry, key, reason) for entry, (key, reason) in changes.items()]
+    if not rows:
+        return
     if conn.dialect.name == "postgresql":
-        # As arrays, WRITE_ROWS at a time: a statement per row costs PostgreSQL a round trip each.
+        # WRITE_ROWS at a time from arrays: a statement per row costs PostgreSQL a round trip each.
+        arrays = (
+            sa.func.unnest(
+                sa.bindparam("entries", type_=ARRAY(sa.Integer)),
+                sa.bindparam("keys", type_=ARRAY(sa.String)),
+                sa.bindparam("reasons", type_=ARRAY(sa.String)),
+            )
+            .table_valued("entry", "key", "reason")
+            .render_derived(name="changed")
+        )
+        statement = _update_entries(arrays.c.entry, arrays.c.key, arrays.c.reason, version)
         for start in range(0, len(rows), WRITE_ROWS):
             entries, keys, reasons = zip(*rows[start : start + WRITE_ROWS], strict=True)
-            conn.execute(
-                _UPDATE_FROM_ARRAYS,
-                {"entries": list(entries), "keys": list(keys), "reasons": list(reasons), "version": version},
-            )
+            conn.execute(statement, {"entries": list(entries), "keys": list(keys), "reasons": list(reasons)})
         return
     # SQLite's executemany runs in-process: one statement per row is as fast.
+    conn.execute(
+        _update_entries(
+            sa.bindparam("entry", type_=sa.Integer),
+            sa.bindparam("key", type_=sa.String),
+            sa.bindparam("why", type_=sa.String),
+            version,
+        ),
+        [{"entry": entry, "key": key, "why": reason} for entry, key, reason in rows],
+    )
+
+
+def _update_entries(entry: Any, key: Any, reason: Any, version: int) -> sa.Update:
+    """Set ``key`` as the cluster key and take the entry out for ``reason``, each unless NULL."""
     e = dataset_entries.c
-    why = sa.bindparam("why", type_=sa.String)
-    statement = (
+    return (
         sa.update(dataset_entries)
-        .where(e.id == sa.bindparam("entry"))
+        .where(e.id == entry)
         .values(
-            cluster_key=sa.func.coalesce(sa.bindparam("key", type_=sa.String), e.cluster_key),
-            removed_in=sa.case((why.is_(None), e.removed_in), else_=version),
-            removed_reason=sa.func.coalesce(why, e.removed_reason),
+            cluster_key=sa.func.coalesce(key, e.cluster_key),
+            removed_in=sa.case((reason.is_(None), e.removed_in), else_=version),
+            removed_reason=sa.func.coalesce(reason, e.removed_reason),
         )
     )
-    if rows:
-        conn.execute(statement, [{"entry": entry, "key": key, "why": reason} for entry, key, reason in rows])
-
-
-_UPDATE_FROM_ARRAYS = sa.text(
-    "UPDATE dataset_entries SET "
-    "cluster_key = COALESCE(changed.key, dataset_entries.cluster_key), "
-    "removed_in = CASE WHEN changed.reason IS NULL THEN dataset_entries.removed_in ELSE :version END, "
-    "removed_reason = COALESCE(changed.reason, dataset_entries.removed_reason) "
-    "FROM unnest(CAST(:entries AS integer[]), CAST(:keys AS varchar[]), CAST(:reasons AS varchar[])) "
-    "AS changed (entry, key, reason) "
-    "WHERE dataset_entries.id = changed.entry"
-)
