@@ -170,7 +170,9 @@ def load(url: str, count: int) -> float:
 
 def run_steps(url: str, count: int, out_dir: Path) -> dict[str, Any]:
     from flywheel.datasets import create_dataset
+    from flywheel.dedup import dedup_dataset
     from flywheel.export import export_dataset
+    from flywheel.parallel import default_workers
     from flywheel.query import CallFilter
 
     load_s = load(url, count)
@@ -180,18 +182,12 @@ def run_steps(url: str, count: int, out_dir: Path) -> dict[str, Any]:
     created = create_dataset(url, "support", CallFilter(tags={"prompt_id": "support-v3"}, status="ok"))
     timings["dataset create"] = time.perf_counter() - started
     entries = created.added
-    removed = 0
-    try:
-        from flywheel.dedup import dedup_dataset
-    except ImportError:
-        dedup_dataset = None
-    if dedup_dataset is not None:
-        started = time.perf_counter()
-        removed = dedup_dataset(url, "support", workers=os.cpu_count() or 1).removed
-        timings["dedup"] = time.perf_counter() - started
+    started = time.perf_counter()
+    removed = dedup_dataset(url, "support", workers=default_workers()).removed
+    timings["dedup"] = time.perf_counter() - started
     started = time.perf_counter()
     exported = export_dataset(
-        url, "support", out_dir, base_model="gpt-4o-mini-2024-07-18", workers=os.cpu_count() or 1
+        url, "support", out_dir, base_model="gpt-4o-mini-2024-07-18", workers=default_workers()
     )
     timings["export"] = time.perf_counter() - started
     return {
