@@ -1,8 +1,9 @@
 """What a call cost, from a price table kept as data (``sdk/prices.toml`` plus users' files).
 
 Prices are USD per 1 million tokens: ``input``, ``cached_input`` (prompt tokens served from the
-prompt cache; they are counted inside ``prompt_tokens``) and ``output``. The writer builds the
-table once::
+prompt cache; they are counted inside ``prompt_tokens``) and ``output``; fine-tuned models' entries
+may also have ``training`` (per 1M training tokens), which prices a fine-tune job before it runs.
+The writer builds the table once::
 
     prices = PriceTable.load(_config.price_files())   # FLYWHEEL_PRICES
 
@@ -44,6 +45,8 @@ class ModelPrice:
     input: float
     cached_input: float
     output: float
+    training: float | None = None
+    """Training a fine-tune of this model, per 1M training tokens (``ft:`` entries only)."""
 
 
 class PriceTable:
@@ -110,6 +113,12 @@ class PriceTable:
             + (completion_tokens or 0) * price.output
         ) / 1_000_000
 
+    def training_price(self, base_model: str) -> float | None:
+        """USD per 1M training tokens for fine-tuning ``base_model`` (its ``ft:`` entry's
+        ``training``), or ``None`` when the table has none."""
+        price = self.resolve(base_model if base_model.startswith("ft:") else f"ft:{base_model}")
+        return None if price is None else price.training
+
     def _lookup(self, model: str) -> ModelPrice | None:
         prices = self._prices
         price = prices.get(model)
@@ -138,14 +147,16 @@ def parse_prices(text: str, *, source: str) -> dict[str, ModelPrice]:
 def _entry(name: str, entry: Any) -> ModelPrice:
     if not isinstance(entry, dict):
         raise PriceError(f'models."{name}" must be a table like {{ input = 2.5, output = 10.0 }}')
-    unknown = set(entry) - {"input", "cached_input", "output"}
+    unknown = set(entry) - {"input", "cached_input", "output", "training"}
     if unknown:
         raise PriceError(f'models."{name}" has unknown field(s) {", ".join(sorted(unknown))}')
     values: dict[str, float] = {}
-    for field in ("input", "output", "cached_input"):
+    for field in ("input", "output", "cached_input", "training"):
         if field not in entry:
             if field == "cached_input":
                 values[field] = values["input"]
+                continue
+            if field == "training":
                 continue
             raise PriceError(f'models."{name}" is missing "{field}"')
         value = entry[field]

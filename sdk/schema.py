@@ -54,6 +54,8 @@ __all__ = [
     "datasets",
     "entry_outputs",
     "exports",
+    "fine_tune_job_events",
+    "fine_tune_jobs",
     "metadata",
 ]
 
@@ -253,6 +255,73 @@ exports = Table(
     Column("out_dir", Text, nullable=False),
     Column("manifest", RawJSON(), nullable=False, comment="manifest.json as written."),
     Index(None, "dataset_id", "version"),
+)
+
+fine_tune_jobs = Table(
+    "fine_tune_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "key",
+        String(64),
+        nullable=False,
+        unique=True,
+        comment="Idempotency key, sent to the provider as job metadata flywheel_job.",
+    ),
+    Column("pipeline", String(200), nullable=False, comment="The flywheel.toml pipeline that made it."),
+    Column("dataset_id", Integer, ForeignKey("datasets.id", ondelete="RESTRICT"), nullable=False),
+    Column("dataset_version", Integer, nullable=False, comment="The dataset version exported for it."),
+    Column("attempt", Integer, nullable=False, default=1, comment="1; n for the n-th retry of a version."),
+    Column("provider", String(64), nullable=False, comment="openai, command, or a plug-in's name."),
+    Column("provider_job_id", String(256), nullable=True, comment="The provider's id (ftjob-...)."),
+    Column(
+        "status",
+        String(32),
+        nullable=False,
+        comment="preparing, refused, or the provider's word: queued, running, succeeded, ...",
+    ),
+    Column("base_model", String(256), nullable=False),
+    Column("method", String(16), nullable=False, comment="supervised or dpo."),
+    Column("hyperparameters", RawJSON(), nullable=False, comment="As configured (JSON)."),
+    Column("suffix", String(64), nullable=True),
+    Column("seed", Integer, nullable=True),
+    Column("settings", RawJSON(), nullable=False, comment="The provider's settings (JSON; never a key)."),
+    Column("export_dir", Text, nullable=True, comment="The exported files it was trained on."),
+    Column("files", RawJSON(), nullable=True, comment="What prepare made: uploaded file ids or paths."),
+    Column("train_examples", Integer, nullable=True),
+    Column("test_examples", Integer, nullable=True),
+    Column("training_tokens", Integer, nullable=True, comment="Tokens in the training file (one epoch)."),
+    Column("estimated_cost_usd", Float, nullable=True, comment="Before launch: tokens x epochs x price."),
+    Column("trained_tokens", Integer, nullable=True, comment="As the provider billed them."),
+    Column("fine_tuned_model", String(512), nullable=True, comment="The resulting model id (or path)."),
+    Column("error", Text, nullable=True),
+    Column("details", RawJSON(), nullable=True, comment="The provider's own state (pid, checkpoints...)."),
+    Column("last_event_id", String(256), nullable=True, comment="Newest provider event stored."),
+    Column("claimed_by", String(256), nullable=True, comment="host:pid:token of the watcher launching it."),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True, comment="Until then, hands off."),
+    Column("create_sent_at", DateTime(timezone=True), nullable=True, comment="When the create was sent."),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    # The claim: one job per pipeline, dataset version and attempt, whoever races for it.
+    Index(None, "pipeline", "dataset_id", "dataset_version", "attempt", unique=True),
+    Index(None, "status"),
+    Index(None, "provider", "provider_job_id"),
+)
+
+fine_tune_job_events = Table(
+    "fine_tune_job_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("fine_tune_jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, comment="When it happened (UTC)."),
+    Column("kind", String(16), nullable=False, comment="status, message, metrics, checkpoint, or decision."),
+    Column("level", String(16), nullable=False, comment="info, warning or error."),
+    Column("message", Text, nullable=False),
+    Column("data", RawJSON(), nullable=True, comment="Metrics (step, train_loss, ...), status change."),
+    Column("provider_event_id", String(256), nullable=True, comment="The provider's id; unique per job."),
+    Index(None, "job_id", "created_at"),
+    Index(None, "job_id", "provider_event_id", unique=True),
 )
 
 # Views, per dialect. Kept as SQL text: they are created by the migrations and documented in

@@ -1,0 +1,40 @@
+"""Training providers: where a fine-tuning job runs (``openai``, ``command``, or a plug-in).
+
+See ``base`` for the interface and ``registry`` for how a provider is found by name.
+"""
+
+from .base import (
+    RUNNING_STATUSES,
+    STATUSES,
+    TERMINAL_STATUSES,
+    JobEvent,
+    JobHandle,
+    JobRequest,
+    JobState,
+    Method,
+    Provider,
+    ProviderError,
+    ProviderSettings,
+    TrainingFiles,
+    TransientProviderError,
+)
+from .registry import ENTRY_POINT_GROUP, available_providers, provider_class
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "RUNNING_STATUSES",
+    "STATUSES",
+    "TERMINAL_STATUSES",
+    "JobEvent",
+    "JobHandle",
+    "JobRequest",
+    "JobState",
+    "Method",
+    "Provider",
+    "ProviderError",
+    "ProviderSettings",
+    "TrainingFiles",
+    "TransientProviderError",
+    "available_providers",
+    "provider_class",
+]

@@ -1,0 +1,247 @@
+"""``flywheel train`` and ``flywheel watch``: a pass over the pipelines, and the loop that repeats it.
+
+A pass, per pipeline: bring its dataset up to date and run its steps (``steps.run_steps``); resume
+a launch a crashed watcher left (``launch.resume``); check the thresholds (``thresholds.decide``)
+and, when they are met, launch exactly one job (``launch.launch``). Then it polls every unfinished
+job (``poll.poll_jobs``). One pipeline's failure never stops the others: it is logged, counted in
+the pass's errors, and (for a provider's transient errors) the pipeline backs off before the next
+try. ``watch`` stops between steps when asked (SIGTERM, SIGINT), never in the middle of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..datasets import require_dataset
+from ..errors import FlywheelError, UsageError
+from ..query import connect
+from . import jobs
+from .config import FlywheelConfig, Pipeline
+from .jobs import PREPARING, TrackedJob
+from .launch import LaunchOutcome, launch, resume
+from .poll import PollResult, poll_jobs
+from .providers.base import TransientProviderError
+from .steps import StepsResult, run_steps
+from .thresholds import Decision, decide, split_rules, train_side_counts
+
+__all__ = ["PassResult", "PipelineOutcome", "Watcher", "run_pass", "train_now"]
+
+log = logging.getLogger("flywheel.watch")
+
+BACKOFF_FIRST_S = 30.0
+BACKOFF_MAX_S = 1800.0
+
+
+@dataclass(slots=True)
+class PipelineOutcome:
+    """What a pass did for one pipeline."""
+
+    pipeline: str
+    steps: StepsResult | None = None
+    decision: Decision | None = None
+    launch: LaunchOutcome | None = None
+    error: str | None = None
+    skipped: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "steps": self.steps.as_dict() if self.steps else None,
+            "decision": self.decision.as_dict() if self.decision else None,
+            "job": self.launch.job.as_dict() if self.launch and self.launch.job else None,
+            "launch": self.launch.message if self.launch else None,
+            "error": self.error,
+            "skipped": self.skipped,
+        }
+
+
+@dataclass(slots=True)
+class PassResult:
+    """A whole pass: each pipeline's outcome, then the polling."""
+
+    pipelines: list[PipelineOutcome] = field(default_factory=list)
+    polled: PollResult = field(default_factory=PollResult)
+    stopped: bool = False
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for outcome in self.pipelines if outcome.error) + len(self.polled.errors)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pipelines": [outcome.as_dict() for outcome in self.pipelines],
+            "polled": self.polled.as_dict(),
+            "errors": self.errors,
+            "stopped": self.stopped,
+        }
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Watcher:
+    """Runs passes; remembers each pipeline's backoff between them; stops when ``stop()`` is called."""
+
+    def __init__(
+        self,
+        database_url: str,
+        config: FlywheelConfig,
+        *,
+        pipelines: Sequence[str] = (),
+        workers: int = 1,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        for name in pipelines:
+            config.pipeline(name)  # unknown names fail before anything runs
+        self.database_url = database_url
+        self.config = config
+        self.names = list(pipelines) or list(config.pipelines)
+        self.workers = workers
+        self.clock = clock
+        self.claimant = jobs.claimant()
+        self._stop = threading.Event()
+        self._backoff: dict[str, tuple[float, float]] = {}
+        """pipeline -> (monotonic time before which it is skipped, the last wait)."""
+
+    def stop(self) -> None:
+        """Finish the current step, then end the pass (and the loop)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run_pass(self) -> PassResult:
+        result = PassResult()
+        for name in self.names:
+            if self.stopping:
+                result.stopped = True
+                return result
+            outcome = PipelineOutcome(name)
+            result.pipelines.append(outcome)
+            waiting = self._backoff.get(name)
+            if waiting is not None and time.monotonic() < waiting[0]:
+                outcome.skipped = f"backing off for {waiting[0] - time.monotonic():.0f}s after a provider error"
+                log.info("%s: %s", name, outcome.skipped)
+                continue
+            try:
+                self._pipeline(self.config.pipeline(name), outcome)
+                self._backoff.pop(name, None)
+            except TransientProviderError as exc:
+                outcome.error = str(exc)
+                wait = self._back_off(name, exc.retry_after)
+                log.warning("%s: %s (backing off %.0fs)", name, exc, wait)
+            except FlywheelError as exc:
+                outcome.error = str(exc)
+                log.error("%s: %s", name, exc)
+            except Exception as exc:  # a bug in one pipeline's step must not stop the others
+                outcome.error = f"{type(exc).__name__}: {exc}"
+                log.exception("%s: unexpected error", name)
+        if self.stopping:
+            result.stopped = True
+            return result
+        result.polled = poll_jobs(self.database_url, now=self.clock)
+        return result
+
+    def loop(self, interval: float, passes: int | None = None) -> int:
+        """Run passes every ``interval`` seconds until stopped (or ``passes`` ran); the number of
+        passes that had errors."""
+        failed = done = 0
+        while not self.stopping:
+            started = time.monotonic()
+            if self.run_pass().errors:
+                failed += 1
+            done += 1
+            if passes is not None and done >= passes:
+                break
+            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+        return failed
+
+    # --- one pipeline -------------------------------------------------------------------------------
+
+    def _pipeline(self, pipeline: Pipeline, outcome: PipelineOutcome) -> None:
+        outcome.steps = run_steps(self.database_url, pipeline, workers=self.workers, now=self.clock())
+        if pipeline.train is None or self.stopping:
+            return
+        with connect(self.database_url) as conn:
+            pending = jobs.unfinished_jobs(conn, pipeline.name)
+        stuck = [job for job in pending if job.status == PREPARING]
+        for job in stuck:
+            outcome.launch = resume(
+                self.database_url, self.config, pipeline, job, claimed_by=self.claimant, workers=self.workers, clock=self.clock
+            )
+            log.info("%s: %s", pipeline.name, outcome.launch.message)
+            return
+        outcome.decision = self._decide(pipeline, pending[-1] if pending else None)
+        log.info("%s: %s", pipeline.name, outcome.decision.reason)
+        if outcome.decision.launch and not self.stopping:
+            outcome.launch = launch(
+                self.database_url, self.config, pipeline, claimed_by=self.claimant, workers=self.workers, clock=self.clock
+            )
+            log.info("%s: %s", pipeline.name, outcome.launch.message)
+
+    def _decide(self, pipeline: Pipeline, unfinished: TrackedJob | None) -> Decision:
+        train = pipeline.train
+        assert train is not None
+        with connect(self.database_url) as conn:
+            dataset = require_dataset(conn, pipeline.dataset)
+            last = _last_sent(jobs.jobs_of(conn, pipeline.name))
+            rules = split_rules(dataset.settings, pipeline.export)
+            after = last.dataset_version if last is not None else None
+            counts = train_side_counts(conn, int(dataset.id), int(dataset.version), rules, after)
+        return decide(train, counts, int(dataset.version), last, unfinished, self.clock())
+
+    def _back_off(self, name: str, retry_after: float | None) -> float:
+        previous = self._backoff.get(name, (0.0, 0.0))[1]
+        wait = min(BACKOFF_MAX_S, previous * 2 if previous else BACKOFF_FIRST_S)
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        self._backoff[name] = (time.monotonic() + wait, wait)
+        return wait
+
+
+def _last_sent(history: Sequence[TrackedJob]) -> TrackedJob | None:
+    """The pipeline's newest job that was meant to train (a refused one never was)."""
+    return next((job for job in history if job.status != jobs.REFUSED), None)
+
+
+def run_pass(
+    database_url: str, config: FlywheelConfig, *, pipelines: Sequence[str] = (), workers: int = 1
+) -> PassResult:
+    """One pass over ``pipelines`` (default: all of them), as ``flywheel watch --once`` runs it."""
+    return Watcher(database_url, config, pipelines=pipelines, workers=workers).run_pass()
+
+
+def train_now(
+    database_url: str, config: FlywheelConfig, name: str, *, workers: int = 1
+) -> tuple[StepsResult, LaunchOutcome]:
+    """``flywheel train NAME``: run the pipeline's steps and launch a job now, whatever the
+    thresholds say; never a second job for a dataset version that has a live or succeeded one (a
+    version whose job failed, was cancelled or refused gets a new attempt)."""
+    pipeline = config.pipeline(name)
+    if pipeline.train is None:
+        raise UsageError(f"pipeline {name!r} has no [pipelines.{name}.train] table", name)
+    steps = run_steps(database_url, pipeline, workers=workers)
+    with connect(database_url) as conn:
+        dataset = require_dataset(conn, pipeline.dataset)
+        existing = jobs.job_for_version(conn, pipeline.name, int(dataset.id), int(dataset.version))
+        pending = jobs.unfinished_jobs(conn, pipeline.name)
+    attempt = 1
+    if existing is not None:
+        if existing.status not in ("failed", "cancelled", jobs.REFUSED):
+            raise UsageError(
+                f"dataset {pipeline.dataset} version {existing.dataset_version} already has job "
+                f"{existing.id} ({existing.status}); a new job needs new data",
+                name,
+            )
+        attempt = existing.attempt + 1
+    if pending:
+        raise UsageError(f"job {pending[-1].id} of pipeline {name} is still {pending[-1].status}", name)
+    return steps, launch(database_url, config, pipeline, attempt=attempt, workers=workers)
