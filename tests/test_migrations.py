@@ -330,7 +330,8 @@ def test_docs_example_queries_run(db_url: str) -> None:
     }
     try:
         insert_batch(store, records)
-        create_dataset(db_url, "qa", CallFilter(tags=(("prompt_id", "qa"),)))
+        dataset = create_dataset(db_url, "qa", CallFilter(tags=(("prompt_id", "qa"),)))
+        _a_job_with_events(db_url, dataset.dataset.id, dataset.dataset.version)
         queries = _doc_queries(store.dialect.name)
         assert len(queries) >= 10, "docs/schema.md lost its example queries"
         results = []
@@ -340,6 +341,35 @@ def test_docs_example_queries_run(db_url: str) -> None:
     finally:
         store.dispose()
     assert all(results), "every documented query returns rows for a store with calls"
+
+
+def _a_job_with_events(db_url: str, dataset_id: int, version: int) -> None:
+    """A training job as a launch and two polls leave it: claimed, created, metrics, succeeded."""
+    from flywheel.query import connect
+    from flywheel.train import jobs
+    from flywheel.train.providers.base import JobEvent, JobState
+
+    at = datetime.now(UTC)
+    claim = jobs.Claim(
+        "qa", dataset_id, version, 1, "openai", "gpt-4o-mini", "supervised", {}, None, None, {}
+    )
+    with connect(db_url) as conn:
+        job = jobs.claim_job(conn, claim, jobs.claimant(), at)
+        assert job is not None
+        metrics = tuple(
+            JobEvent(
+                at,
+                f"Step {n}/2: training loss={1 / n:.2f}",
+                kind="metrics",
+                data={"step": n, "train_loss": 1 / n},
+                provider_event_id=f"ftevent-{n}",
+            )
+            for n in (1, 2)
+        )
+        running = jobs.record_state(conn, job, JobState("ftjob-1", "running", events=metrics), at)
+        jobs.record_state(
+            conn, running, JobState("ftjob-1", "succeeded", fine_tuned_model="ft:gpt-4o-mini:org::x"), at
+        )
 
 
 # -- the wheel ------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def auto_epochs(examples: int) -> int:
     if examples <= 0:
         return _TARGET_EPOCHS
     if examples * _TARGET_EPOCHS < _MIN_TARGET_EXAMPLES:
-        return min(_MAX_DEFAULT_EPOCHS, -(-_MIN_TARGET_EXAMPLES // examples))
+        return min(_MAX_DEFAULT_EPOCHS, _MIN_TARGET_EXAMPLES // examples)
     if examples * _TARGET_EPOCHS > _MAX_TARGET_EXAMPLES:
         return max(_MIN_DEFAULT_EPOCHS, _MAX_TARGET_EXAMPLES // examples)
     return _TARGET_EPOCHS

@@ -64,7 +64,9 @@ def build_provider(name: str, settings: Mapping[str, Any]) -> Provider:
     return cls(cls.Settings.model_validate(dict(settings)))
 
 
-def job_request(config: FlywheelConfig, pipeline: Pipeline, job: TrackedJob, provider: Provider) -> JobRequest:
+def job_request(
+    config: FlywheelConfig, pipeline: Pipeline, job: TrackedJob, provider: Provider
+) -> JobRequest:
     """What the provider is asked for: the job's row with the pipeline's training settings."""
     return JobRequest(
         key=job.key,
@@ -127,7 +129,13 @@ def launch(
                 None, f"dataset version {dataset.version} already has a job (another watcher claimed it)"
             )
         jobs.set_fields(conn, job.id, clock(), details={"work_dir": str(config.work_dir / "jobs" / job.key)})
-        log.info("%s: claimed job %d for dataset %s version %d", pipeline.name, job.id, job.dataset, job.dataset_version)
+        log.info(
+            "%s: claimed job %d for dataset %s version %d",
+            pipeline.name,
+            job.id,
+            job.dataset,
+            job.dataset_version,
+        )
     return _drive(database_url, config, pipeline, job.id, me, workers, clock)
 
 
@@ -147,7 +155,9 @@ def resume(
         taken = jobs.take_over(conn, job, me, clock())
     if taken is None:
         return LaunchOutcome(job, f"job {job.id} is being launched by {job.claimed_by}")
-    log.info("%s: resuming the launch of job %d (claimed by %s before)", pipeline.name, job.id, job.claimed_by)
+    log.info(
+        "%s: resuming the launch of job %d (claimed by %s before)", pipeline.name, job.id, job.claimed_by
+    )
     return _drive(database_url, config, pipeline, job.id, me, workers, clock)
 
 
@@ -174,7 +184,9 @@ def _drive(
             jobs.release(conn, job.id, me, clock())
             raise
         except ProviderError as exc:
-            failed = jobs.finish_without_provider(conn, job, "failed", f"the provider refused the job: {exc}", clock())
+            failed = jobs.finish_without_provider(
+                conn, job, "failed", f"the provider refused the job: {exc}", clock()
+            )
             raise ProviderError(f"job {failed.id}: {exc.message}", exc.where) from exc
         finally:
             provider.close()
@@ -256,7 +268,9 @@ def _adopt(
     if clock() < sent + settle:
         jobs.release(conn, job.id, me, clock())
         wait = (sent + settle - clock()).total_seconds()
-        return LaunchOutcome(job, f"job {job.id}: an earlier create request may still land; looking again in {wait:.0f}s")
+        return LaunchOutcome(
+            job, f"job {job.id}: an earlier create request may still land; looking again in {wait:.0f}s"
+        )
     found = provider.find(request)
     if found is None:
         jobs.add_event(conn, job.id, clock(), "decision", "no job with this key at the provider; creating it")
@@ -340,7 +354,9 @@ def _dataset_version(database_url: str, name: str) -> int:
 
 def _train(pipeline: Pipeline) -> TrainSettings:
     if pipeline.train is None:
-        raise UsageError(f"pipeline {pipeline.name!r} has no [pipelines.{pipeline.name}.train] table", pipeline.name)
+        raise UsageError(
+            f"pipeline {pipeline.name!r} has no [pipelines.{pipeline.name}.train] table", pipeline.name
+        )
     return pipeline.train
 
 

@@ -52,7 +52,12 @@ class Decision:
     needed: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"launch": self.launch, "reason": self.reason, "examples": self.examples, "needed": self.needed}
+        return {
+            "launch": self.launch,
+            "reason": self.reason,
+            "examples": self.examples,
+            "needed": self.needed,
+        }
 
 
 def decide(
@@ -70,7 +75,9 @@ def decide(
     else:
         needed = train.retrain_after_new if train.retrain_after_new is not None else train.min_examples
         have = counts.added_after
-        enough = f"{have} of {needed} new examples since job {last.id} (dataset version {last.dataset_version})"
+        enough = (
+            f"{have} of {needed} new examples since job {last.id} (dataset version {last.dataset_version})"
+        )
     if unfinished is not None:
         return Decision(False, f"job {unfinished.id} is {unfinished.status}; {enough}", have, needed)
     if last is not None and last.dataset_version >= dataset_version:
@@ -88,7 +95,9 @@ def decide(
 def split_rules(conn_settings: str, export: ExportStep) -> SplitRules:
     """The split the export will use: the dataset's stored rules with the pipeline's changes."""
     stored = SplitRules.from_dict(orjson.loads(conn_settings).get("split", {}))
-    return stored.changed(test_fraction=export.test_fraction, stratify_by=export.stratify_by, salt=export.salt)
+    return stored.changed(
+        test_fraction=export.test_fraction, stratify_by=export.stratify_by, salt=export.salt
+    )
 
 
 def train_side_counts(

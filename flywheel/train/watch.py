@@ -25,6 +25,7 @@ from . import jobs
 from .config import FlywheelConfig, Pipeline
 from .jobs import PREPARING, TrackedJob
 from .launch import LaunchOutcome, launch, resume
+from .pipeline_lock import pipeline_lock
 from .poll import PollResult, poll_jobs
 from .providers.base import TransientProviderError
 from .steps import StepsResult, run_steps
@@ -128,11 +129,18 @@ class Watcher:
             result.pipelines.append(outcome)
             waiting = self._backoff.get(name)
             if waiting is not None and time.monotonic() < waiting[0]:
-                outcome.skipped = f"backing off for {waiting[0] - time.monotonic():.0f}s after a provider error"
+                outcome.skipped = (
+                    f"backing off for {waiting[0] - time.monotonic():.0f}s after a provider error"
+                )
                 log.info("%s: %s", name, outcome.skipped)
                 continue
             try:
-                self._pipeline(self.config.pipeline(name), outcome)
+                with pipeline_lock(self.database_url, name) as held:
+                    if not held:
+                        outcome.skipped = "another watcher is working on it"
+                        log.info("%s: %s; skipped this pass", name, outcome.skipped)
+                        continue
+                    self._pipeline(self.config.pipeline(name), outcome)
                 self._backoff.pop(name, None)
             except TransientProviderError as exc:
                 outcome.error = str(exc)
@@ -175,7 +183,13 @@ class Watcher:
         stuck = [job for job in pending if job.status == PREPARING]
         for job in stuck:
             outcome.launch = resume(
-                self.database_url, self.config, pipeline, job, claimed_by=self.claimant, workers=self.workers, clock=self.clock
+                self.database_url,
+                self.config,
+                pipeline,
+                job,
+                claimed_by=self.claimant,
+                workers=self.workers,
+                clock=self.clock,
             )
             log.info("%s: %s", pipeline.name, outcome.launch.message)
             return
@@ -183,7 +197,12 @@ class Watcher:
         log.info("%s: %s", pipeline.name, outcome.decision.reason)
         if outcome.decision.launch and not self.stopping:
             outcome.launch = launch(
-                self.database_url, self.config, pipeline, claimed_by=self.claimant, workers=self.workers, clock=self.clock
+                self.database_url,
+                self.config,
+                pipeline,
+                claimed_by=self.claimant,
+                workers=self.workers,
+                clock=self.clock,
             )
             log.info("%s: %s", pipeline.name, outcome.launch.message)
 
