@@ -46,6 +46,7 @@ __all__ = [
     "NotFoundError",
     "Progress",
     "count_entries",
+    "count_new_calls",
     "create_dataset",
     "current_output_id",
     "entries_at",
@@ -308,6 +309,18 @@ def count_entries(conn: Connection, dataset_id: int, version: int) -> int:
             sa.select(sa.func.count()).select_from(dataset_entries).where(entries_at(dataset_id, version))
         ).scalar_one()
     )
+
+
+def count_new_calls(conn: Connection, dataset_id: int | None, call_filter: CallFilter) -> int:
+    """How many calls ``call_filter`` selects that an update would take in (all, with no dataset)."""
+    conditions = [*filter_conditions(call_filter), *_trainable()]
+    if dataset_id is not None:
+        conditions.append(
+            ~sa.exists().where(
+                dataset_entries.c.dataset_id == dataset_id, dataset_entries.c.call_id == calls.c.id
+            )
+        )
+    return int(conn.execute(sa.select(sa.func.count()).select_from(calls).where(*conditions)).scalar_one())
 
 
 # --- internals -------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ and ``sdk.AsyncOpenAI`` (plain, streamed, a tool call, structured output, retrie
 calls, support tickets of which some are near-copies), flushes, and reports what landed in the
 store with the SQL to look at it. Then it runs the flywheel on the ``classify-v2`` traffic: a
 dataset, dedup, a relabel by a teacher model (the mock server again), and an export of
-train/test files that pass validation. Needs no network and no API key.
+train/test files that pass validation; and then the training loop (``quickstart_training``):
+below the threshold no job, more traffic, one job launched on the mock provider, polled to
+success, its model id recorded. Needs no network and no API key.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from sdk import _config
+
+from .train.jobs import TrackedJob
 
 TICKETS = [
     ("billing", "I was charged twice for my October invoice."),
@@ -90,6 +94,8 @@ class QuickstartResult:
     errors_seen: int
     manifest: dict[str, Any]
     """The export's manifest.json."""
+    job: TrackedJob | None = None
+    """The training job the loop launched (``None`` when the thresholds were not met)."""
 
 
 def _messages(text: str) -> list[dict[str, str]]:
@@ -236,7 +242,36 @@ def run_quickstart(
         echo(f"rows in `calls`: {before} -> {after}")
         exported = _run_flywheel(url, server.base_url, Path(out_dir), echo)
         sdk.flush(timeout=60)
-    return QuickstartResult(url, server.base_url, sent, before, after, errors, exported)
+        job = _run_training(url, server.base_url, Path(out_dir), echo)
+    return QuickstartResult(url, server.base_url, sent, before, after, errors, exported, job)
+
+
+def _run_training(url: str, base_url: str, out_dir: Path, echo: Callable[[str], Any]) -> TrackedJob | None:
+    """The loop: thresholds, one job on the mock provider, its model id, and the model answering."""
+    import sdk
+
+    from .quickstart_training import ask_model, run_training_loop
+
+    def send(tickets: list[str]) -> int:
+        client = sdk.OpenAI(
+            api_key="sk-quickstart", base_url=base_url, database_url=url, tags={"app": "support-bot"}
+        )
+        with client, sdk.tags(feature="triage"):
+            for text in tickets:
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=_messages(text), tags={"prompt_id": "classify-v2"}
+                )
+        assert sdk.flush(timeout=60)
+        return len(tickets)
+
+    job = run_training_loop(url, base_url, out_dir, echo, send)
+    if job is not None and job.fine_tuned_model:
+        ticket = support_tickets()[0].replace("Hi,", "Good morning,")
+        echo(f"$ ask {job.fine_tuned_model}: {ticket!r}")
+        echo(f"  {ask_model(base_url, url, job.fine_tuned_model, ticket, SYSTEM)!r}")
+        echo("  (the mock's stand-in model answers with the reply it was trained on for the closest ticket)")
+    sdk.flush(timeout=60)
+    return job
 
 
 def _run_flywheel(url: str, base_url: str, out_dir: Path, echo: Callable[[str], Any]) -> dict[str, Any]:
@@ -285,6 +320,12 @@ Or with SQL (sqlite3 flywheel.db):
     JOIN call_tags t ON t.call_id = c.id AND t.key = 'prompt_id' GROUP BY t.value;
   SELECT last_message, reply FROM chat_calls LIMIT 5;
   SELECT version, action, details FROM dataset_versions;
+
+The training loop:
+  flywheel jobs triage
+  flywheel jobs show 1
+  flywheel config check --config flywheel-export/flywheel.toml
+  SELECT id, status, fine_tuned_model, train_examples, estimated_cost_usd FROM fine_tune_jobs;
 
 Review by hand:
   flywheel review export triage --out review.jsonl   # edit the "output" of some lines, then:

@@ -10,6 +10,7 @@
 | ``FLYWHEEL_FLUSH_INTERVAL`` | ``0.5`` | Seconds between the background writer's batches. |
 | ``FLYWHEEL_PRICES`` | unset | Extra price tables (TOML), ``os.pathsep``-separated, over the built-in one. |
 | ``FLYWHEEL_EXIT_TIMEOUT`` | ``5`` | Seconds to wait at exit for queued records; the rest is spooled. |
+| ``FLYWHEEL_CONFIG`` | ``flywheel.toml`` | The pipelines config the CLI reads (``--config PATH`` wins). |
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "DEFAULT_CONFIG_FILE",
     "DEFAULT_DATABASE_URL",
+    "config_path",
     "database_url",
     "disabled",
     "exit_timeout",
@@ -30,6 +33,7 @@ __all__ = [
 ]
 
 DEFAULT_DATABASE_URL = "sqlite:///flywheel.db"
+DEFAULT_CONFIG_FILE = "flywheel.toml"
 
 
 def database_url() -> str:
@@ -76,3 +80,8 @@ def price_files() -> list[Path]:
 
 def exit_timeout() -> float:
     return _number("FLYWHEEL_EXIT_TIMEOUT", 5.0)
+
+
+def config_path() -> Path:
+    """The pipelines config file: ``$FLYWHEEL_CONFIG``, else ``flywheel.toml`` in the working directory."""
+    return Path(os.environ.get("FLYWHEEL_CONFIG") or DEFAULT_CONFIG_FILE)

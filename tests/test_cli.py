@@ -26,6 +26,7 @@ from flywheel.cli import cli
 from flywheel.errors import StoreError
 from flywheel.logs import input_preview, output_preview, recent_calls
 from flywheel.migrate import MigrationResult, migrate, pending_migrations
+from flywheel.mock_server import FineTuneTiming
 from flywheel.query import CallFilter
 from sdk import _migrate
 
@@ -82,6 +83,10 @@ def test_help_lists_only_working_commands_in_workflow_order() -> None:
         "relabel",
         "review",
         "export",
+        "config",
+        "train",
+        "jobs",
+        "watch",
         "mock-server",
     ]
 
@@ -489,7 +494,15 @@ def test_mock_server_prints_the_base_url_then_serves(monkeypatch: pytest.MonkeyP
     served: list[dict[str, Any]] = []
     monkeypatch.setattr(flywheel.mock_server, "serve", lambda **kwargs: served.append(kwargs))
     result = ok("mock-server", "--port", "9123", "--latency-ms", "25", "--error-rate", "0.1")
-    assert served == [{"host": "127.0.0.1", "port": 9123, "latency_ms": 25.0, "error_rate": 0.1}]
+    assert served == [
+        {
+            "host": "127.0.0.1",
+            "port": 9123,
+            "latency_ms": 25.0,
+            "error_rate": 0.1,
+            "fine_tune": FineTuneTiming(),
+        }
+    ]
     assert "http://127.0.0.1:9123/v1" in result.stdout.splitlines()[0]
     assert "OPENAI_BASE_URL=http://127.0.0.1:9123/v1 " in result.stdout
 

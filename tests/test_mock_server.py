@@ -24,7 +24,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import flywheel.mock_server as mock_server_module
-from flywheel.mock_server import MockServer, create_app
+from flywheel.mock_server import FineTuneTiming, MockServer, create_app
 from flywheel.mock_server._multipart import parse_multipart
 from flywheel.mock_server._schema import minimal_instance
 
@@ -98,7 +98,7 @@ def raw_request(
 
 
 def test_public_exports_are_complete() -> None:
-    assert sorted(mock_server_module.__all__) == ["MockServer", "create_app", "serve"]
+    assert sorted(mock_server_module.__all__) == ["FineTuneTiming", "MockServer", "create_app", "serve"]
     for name in mock_server_module.__all__:
         assert getattr(mock_server_module, name) is not None
 
@@ -623,33 +623,49 @@ def test_file_upload_requires_a_valid_purpose(client: openai.OpenAI) -> None:
         client.files.create(file=("x.txt", b"x"), purpose="nonsense")  # type: ignore[arg-type]
 
 
-def test_fine_tuning_job_progresses_one_state_per_retrieve(client: openai.OpenAI) -> None:
-    training = client.files.create(
-        file=("t.jsonl", b'{"messages": [{"role": "user", "content": "x"}]}\n'), purpose="fine-tune"
-    )
-    job = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training.id, suffix="demo")
-    assert job.status == "validating_files"
-    statuses = [client.fine_tuning.jobs.retrieve(job.id).status for _ in range(4)]
-    assert statuses == ["queued", "running", "succeeded", "succeeded"]
-    done = client.fine_tuning.jobs.retrieve(job.id)
-    assert done.fine_tuned_model is not None and done.fine_tuned_model.startswith("ft:gpt-4o-mini:")
-    assert done.result_files and client.files.content(done.result_files[0]).content.startswith(b"step")
-    messages = [event.message for event in client.fine_tuning.jobs.list_events(job.id)]
-    assert messages[0] == "The job has successfully completed"
-    assert job.id in [j.id for j in client.fine_tuning.jobs.list()]
+def test_fine_tuning_job_progresses_with_the_server_clock() -> None:
+    """The lifecycle in brief (tests/test_mock_fine_tuning.py has the rest): a job moves on with
+    the server's clock, not with the requests that read it."""
+    now = [1_700_000_000.0]
+    timing = FineTuneTiming(validating_s=1, queued_s=1, running_s=1)
+    with (
+        MockServer(fine_tune=timing, clock=lambda: now[0]) as server,
+        openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0) as client,
+    ):
+        line = b'{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}\n'
+        training = client.files.create(file=("t.jsonl", line), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training.id, suffix="demo")
+        assert job.status == "validating_files"
+        statuses = []
+        for _ in range(4):
+            statuses.append(client.fine_tuning.jobs.retrieve(job.id).status)
+            statuses.append(client.fine_tuning.jobs.retrieve(job.id).status)
+            now[0] += 1
+        assert statuses == ["validating_files"] * 2 + ["queued"] * 2 + ["running"] * 2 + ["succeeded"] * 2
+        done = client.fine_tuning.jobs.retrieve(job.id)
+        assert done.fine_tuned_model is not None and done.fine_tuned_model.startswith("ft:gpt-4o-mini:")
+        assert done.result_files and client.files.content(done.result_files[0]).content.startswith(b"step")
+        messages = [event.message for event in client.fine_tuning.jobs.list_events(job.id)]
+        assert messages[0] == "The job has successfully completed"
+        assert job.id in [j.id for j in client.fine_tuning.jobs.list()]
 
 
 def test_fine_tuning_job_fails_on_bad_training_file_and_cancels(client: openai.OpenAI) -> None:
-    bad = client.files.create(file=("bad.jsonl", b"not json\n"), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=bad.id)
-    failed = client.fine_tuning.jobs.retrieve(job.id)
-    assert failed.status == "failed"
-    assert failed.error is not None and "Line 1" in failed.error.message
-    good = client.files.create(file=("ok.jsonl", b'{"messages": []}'), purpose="fine-tune")
-    cancelled = client.fine_tuning.jobs.cancel(
-        client.fine_tuning.jobs.create(model="m", training_file=good.id).id
-    )
-    assert cancelled.status == "cancelled"
+    quick = FineTuneTiming(validating_s=0, queued_s=3600, running_s=3600)
+    with (
+        MockServer(fine_tune=quick) as server,
+        openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0) as own,
+    ):
+        bad = own.files.create(file=("bad.jsonl", b"not json\n"), purpose="fine-tune")
+        failed = own.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=bad.id)
+        assert failed.status == "failed"
+        assert failed.error is not None and "Line 1" in failed.error.message
+        line = b'{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}'
+        good = own.files.create(file=("ok.jsonl", line), purpose="fine-tune")
+        queued = own.fine_tuning.jobs.create(model="m", training_file=good.id)
+        assert queued.status == "queued"
+        cancelled = own.fine_tuning.jobs.cancel(queued.id)
+        assert cancelled.status == "cancelled"
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.create(model="m", training_file="file-missing")
 

@@ -12,7 +12,6 @@ import openai
 import orjson
 import pytest
 from click.testing import CliRunner
-from flywheel.train.config import load_config
 from train_helpers import (
     API_KEY,
     API_KEY_ENV,
@@ -27,6 +26,7 @@ from train_helpers import (
 
 from flywheel.cli import cli
 from flywheel.mock_server import FineTuneTiming, MockServer
+from flywheel.train.config import load_config
 from flywheel.train.jobs import list_jobs
 from flywheel.train.watch import PassResult, Watcher
 from flywheel.validate import validate_dataset

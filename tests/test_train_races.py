@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from flywheel.train.config import load_config
 from train_helpers import (
     API_KEY,
     API_KEY_ENV,
@@ -23,6 +22,7 @@ from train_helpers import (
 )
 
 from flywheel.mock_server import FineTuneTiming, MockServer
+from flywheel.train.config import load_config
 from flywheel.train.watch import Watcher
 from sdk._migrate import upgrade
 

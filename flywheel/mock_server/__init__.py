@@ -3,7 +3,9 @@
 Real HTTP (starlette served by uvicorn), deterministic output: the same request gets the same
 body except ids and timestamps. Chat Completions (tools, structured outputs, streaming), the
 Responses API, legacy Completions, embeddings, models, files, fine-tuning jobs and speech.
-Faults are injected per request with ``x-mock-*`` headers (see ``_faults``).
+Faults are injected per request with ``x-mock-*`` headers (see ``_faults``). Fine-tuning jobs
+live through OpenAI's states on the server's clock (``FineTuneTiming``); the models they produce
+answer from their training data. No training happens.
 
     from flywheel.mock_server import MockServer
 
@@ -12,6 +14,7 @@ Faults are injected per request with ``x-mock-*`` headers (see ``_faults``).
 """
 
 from ._app import create_app
+from ._fine_tune_timeline import FineTuneTiming
 from ._server import MockServer, serve
 
-__all__ = ["MockServer", "create_app", "serve"]
+__all__ = ["FineTuneTiming", "MockServer", "create_app", "serve"]

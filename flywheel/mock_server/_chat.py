@@ -2,14 +2,16 @@
 
 The reply is planned once by a pure function (``plan_chat``) and then rendered either as one
 ``chat.completion`` object or as a stream of ``chat.completion.chunk`` events, so the streamed
-pieces always reassemble to exactly the non-streamed body.
+pieces always reassemble to exactly the non-streamed body. A fine-tuned model this server produced
+answers with the reply of its most similar training example (``_tuned_models``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any
@@ -43,6 +45,10 @@ from ._text import (
     word_pieces,
 )
 from ._tools import PlannedToolCall, plan_tool_call
+from ._tuned_models import ExampleIndex
+
+TunedModelLookup = Callable[[str], ExampleIndex | None]
+"""The training examples behind a model name, or ``None`` for a model this server did not make."""
 
 SYSTEM_FINGERPRINT = "fp_mock"
 
@@ -62,8 +68,14 @@ class ChatPlan:
     usage: dict[str, Any]
 
 
-def plan_chat(body: Mapping[str, Any], words: int | None = None) -> ChatPlan:
-    """Everything a chat completion returns except ids and timestamps; validates the request."""
+def plan_chat(
+    body: Mapping[str, Any], words: int | None = None, tuned: TunedModelLookup | None = None
+) -> ChatPlan:
+    """Everything a chat completion returns except ids and timestamps; validates the request.
+
+    ``tuned`` finds the training examples of the server's own fine-tuned models: their text
+    replies (and JSON for ``response_format``, when the learned reply is JSON) come from the data.
+    """
     model = require(body, "model", str)
     messages = require(body, "messages", list)
     if not messages:
@@ -85,6 +97,10 @@ def plan_chat(body: Mapping[str, Any], words: int | None = None) -> ChatPlan:
         body.get("tools"), body.get("tool_choice"), after_tool_result=messages[-1]["role"] == "tool"
     )
     structured = _structured_content(body.get("response_format"), prompt)
+    examples = tuned(model) if tuned is not None else None
+    learned = examples.reply_for(messages) if examples is not None else None
+    if learned is not None and structured is not None and not _is_json(learned):
+        learned = None  # asked for JSON, learned prose: the schema wins
     reasoning = REASONING_TOKENS if is_reasoning_model(model) else 0
     choices: list[PlannedChoice] = []
     completion_tokens = reasoning_tokens = 0
@@ -93,6 +109,10 @@ def plan_chat(body: Mapping[str, Any], words: int | None = None) -> ChatPlan:
         if tool_call is not None:
             choice = PlannedChoice(None, [], tool_call, "tool_calls")
             spent = estimate_tokens(tool_call.name + tool_call.arguments)
+        elif learned is not None:
+            kept_text, spent_reasoning, cut = _budget_text(learned, limit, reasoning)
+            choice = PlannedChoice(kept_text, text_pieces(kept_text), None, "length" if cut else "stop")
+            spent = estimate_tokens(kept_text)
         elif structured is not None:
             choice = PlannedChoice(structured, fixed_pieces(structured), None, "stop")
             spent = estimate_tokens(structured)
@@ -117,6 +137,31 @@ def _structured_content(response_format: Any, prompt: str) -> str | None:
     if kind == "json_object":
         return orjson.dumps({"reply": " ".join(reply_words(prompt))}).decode()
     return None
+
+
+def _is_json(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _budget_text(text: str, limit: int | None, reasoning: int) -> tuple[str, int, bool]:
+    """Like ``budget_words`` for a fixed reply: cut to the tokens left after reasoning."""
+    if limit is None:
+        return text, reasoning, False
+    reasoning = min(reasoning, limit)
+    room = limit - reasoning
+    if estimate_tokens(text) > room:
+        return text[: room * 4], reasoning, True
+    return text, reasoning, False
+
+
+def text_pieces(text: str) -> list[str]:
+    """Stream pieces of a fixed reply that concatenate to exactly ``text``: a word per piece,
+    each with the whitespace before it."""
+    return [piece for piece in re.split(r"(?=\s)(?<!\s)", text) if piece] or [""]
 
 
 def _usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int) -> dict[str, Any]:
@@ -217,15 +262,22 @@ def _choice_deltas(index: int, choice: PlannedChoice) -> Iterator[dict[str, Any]
     yield delta({}, choice.finish_reason)
 
 
-async def create_chat_completion(request: Request) -> Response:
-    body = await read_json_object(request)
-    knobs = request_knobs(request)
-    plan = plan_chat(body, knobs.words)
-    completion_id = "chatcmpl-" + os.urandom(12).hex()
-    created = int(time.time())
-    if body.get("stream"):
-        options = body.get("stream_options")
-        include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
-        events = chat_chunk_events(plan, completion_id, created, include_usage=include_usage)
-        return event_stream(events, knobs.chunk_delay_s)
-    return json_response(chat_completion_object(plan, completion_id, created))
+def chat_completion_endpoint(
+    tuned: TunedModelLookup | None = None,
+) -> Callable[[Request], Awaitable[Response]]:
+    """The ``POST /chat/completions`` handler of an app whose fine-tuned models ``tuned`` finds."""
+
+    async def create_chat_completion(request: Request) -> Response:
+        body = await read_json_object(request)
+        knobs = request_knobs(request)
+        plan = plan_chat(body, knobs.words, tuned)
+        completion_id = "chatcmpl-" + os.urandom(12).hex()
+        created = int(time.time())
+        if body.get("stream"):
+            options = body.get("stream_options")
+            include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
+            events = chat_chunk_events(plan, completion_id, created, include_usage=include_usage)
+            return event_stream(events, knobs.chunk_delay_s)
+        return json_response(chat_completion_object(plan, completion_id, created))
+
+    return create_chat_completion

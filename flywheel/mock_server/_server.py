@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -17,6 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from ._app import create_app
+from ._fine_tune_timeline import FineTuneTiming
 
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
@@ -39,10 +41,19 @@ def _config(
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 8000, latency_ms: float = 0, error_rate: float = 0.0, seed: int = 0
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    latency_ms: float = 0,
+    error_rate: float = 0.0,
+    seed: int = 0,
+    *,
+    fine_tune: FineTuneTiming | None = None,
 ) -> None:
-    """Serve the mock API on ``host:port`` until interrupted (Ctrl+C / SIGTERM)."""
-    app = create_app(latency_ms=latency_ms, error_rate=error_rate, seed=seed)
+    """Serve the mock API on ``host:port`` until interrupted (Ctrl+C / SIGTERM).
+
+    ``fine_tune``: how long fine-tuning jobs take (see ``create_app``).
+    """
+    app = create_app(latency_ms=latency_ms, error_rate=error_rate, seed=seed, fine_tune=fine_tune)
     uvicorn.Server(_config(app, host, port)).run()
 
 
@@ -51,10 +62,23 @@ class MockServer:
 
     >>> with MockServer() as server:
     ...     client = openai.OpenAI(api_key="sk-test", base_url=server.base_url)
+
+    The options are ``create_app``'s: ``MockServer(fine_tune=FineTuneTiming(0.1, 0.1, 0.5))``
+    makes fine-tuning jobs finish in 0.7 s; ``clock=`` lets a test move their time by hand.
     """
 
-    def __init__(self, latency_ms: float = 0, error_rate: float = 0.0, seed: int = 0) -> None:
-        self.app = create_app(latency_ms=latency_ms, error_rate=error_rate, seed=seed)
+    def __init__(
+        self,
+        latency_ms: float = 0,
+        error_rate: float = 0.0,
+        seed: int = 0,
+        *,
+        fine_tune: FineTuneTiming | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.app = create_app(
+            latency_ms=latency_ms, error_rate=error_rate, seed=seed, fine_tune=fine_tune, clock=clock
+        )
         self.host = "127.0.0.1"
         self.port = 0
         self._socket: socket.socket | None = None

@@ -246,16 +246,11 @@ def _steps(
     _held(jobs.renew(conn, job.id, me, clock(), create_sent_at=clock()), job)
     state = provider.launch(request, prepared)
     launched = jobs.record_state(conn, jobs.get_job(database_url, job.id), state, clock())
-    log.info(
-        "%s: launched job %d on %s as %s (%s examples, estimated %s)",
-        pipeline.name,
-        launched.id,
-        launched.provider,
-        state.provider_job_id,
-        launched.train_examples,
-        _usd(launched.estimated_cost_usd),
+    return LaunchOutcome(
+        launched,
+        f"launched job {launched.id} on {launched.provider} as {state.provider_job_id} "
+        f"({launched.train_examples} examples, estimated {_usd(launched.estimated_cost_usd)})",
     )
-    return LaunchOutcome(launched, f"launched {state.provider_job_id}")
 
 
 def _adopt(

@@ -14,12 +14,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sdk.schema import calls, datasets
+from sdk.schema import datasets
 
-from ..datasets import require_dataset
+from ..datasets import count_new_calls, require_dataset
 from ..errors import UsageError
 from ..export import ExportError, export_dataset
-from ..query import connect, filter_calls
+from ..query import connect
 from . import jobs
 from .config import FlywheelConfig
 from .cost import CostEstimate, estimate_cost
@@ -48,6 +48,9 @@ class TrainPlan:
     max_cost_usd: float | None
     decision: Decision | None
     existing_job: int | None
+    new_calls: int
+    """Calls the filter selects that the dataset has not taken in yet: a pass takes them in first
+    (the plan is made from the dataset as it is)."""
     problem: str | None
     """Why a launch would not happen (no dataset yet, export invalid, over budget, a job exists)."""
 
@@ -69,6 +72,7 @@ class TrainPlan:
             "max_cost_usd": self.max_cost_usd,
             "thresholds": self.decision.as_dict() if self.decision else None,
             "existing_job": self.existing_job,
+            "new_calls": self.new_calls,
             "problem": self.problem,
         }
 
@@ -95,9 +99,7 @@ def plan_training(database_url: str, config: FlywheelConfig, name: str) -> Train
     with connect(database_url) as conn:
         exists = conn.execute(sa.select(datasets.c.id).where(datasets.c.name == pipeline.dataset)).first()
         if exists is None:
-            matching = conn.execute(
-                filter_calls(sa.select(sa.func.count()).select_from(calls), pipeline.filter)
-            ).scalar_one()
+            matching = count_new_calls(conn, None, pipeline.filter.refreshed())
             missing = (
                 f"dataset {pipeline.dataset} does not exist yet; a pass creates it from the filter "
                 f"({matching} calls match it, before the steps)"
@@ -110,9 +112,11 @@ def plan_training(database_url: str, config: FlywheelConfig, name: str) -> Train
                 estimate=None,
                 decision=None,
                 existing_job=None,
+                new_calls=matching,
                 problem=missing,
             )
         dataset = require_dataset(conn, pipeline.dataset)
+        waiting = count_new_calls(conn, int(dataset.id), pipeline.filter.refreshed())
         history = jobs.jobs_of(conn, name)
         last = next((job for job in history if job.status != jobs.REFUSED), None)
         unfinished = next((job for job in history if not job.finished), None)
@@ -173,5 +177,6 @@ def plan_training(database_url: str, config: FlywheelConfig, name: str) -> Train
         estimate=estimate,
         decision=decision,
         existing_job=existing.id if existing is not None else None,
+        new_calls=waiting,
         problem=problem,
     )
