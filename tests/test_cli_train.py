@@ -160,3 +160,85 @@ def test_sigterm_finishes_the_step_and_exits_cleanly(db_url: str, tmp_path: Path
     assert "stopping after the current step" in err
     assert "of 1000 examples, not launching" in err
     assert API_KEY not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("trainer", "status"), [("ok_trainer.py", "succeeded"), ("failing_trainer.py", "failed")]
+)
+def test_command_provider_through_watch(
+    db_url: str, tmp_path: Path, server: MockServer, trainer: str, status: str
+) -> None:
+    """A pipeline whose provider is a local script: launched by a pass, tracked to its end."""
+    import shlex
+    import sys
+
+    upgrade(db_url)
+    script = Path(__file__).parent / "trainers" / trainer
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} --config {{config}}"
+    config = tmp_path / "flywheel.toml"
+    config.write_text(
+        f"""
+[pipelines.classify]
+filter = {{ tags = {{ prompt_id = "classify" }}, status = "ok" }}
+[pipelines.classify.train]
+provider = "command"
+format = "trl"
+command = {orjson.dumps(command).decode()}
+base_model = "/models/tiny-llama"
+min_examples = 10
+hyperparameters = {{ n_epochs = 1 }}
+"""
+    )
+    log_traffic(db_url, server.base_url, 0, 20)
+    assert run(db_url, config, "watch", "--once").exit_code == 0
+
+    def ended() -> dict[str, Any] | None:
+        assert run(db_url, config, "watch", "--once").exit_code == 0
+        (job,) = as_json(CliRunner().invoke(cli, ["jobs", "--db", db_url, "--json"]))
+        return job if job["status"] in ("succeeded", "failed") else None
+
+    job = until(ended, timeout=60, step=0.2)
+    assert job["status"] == status and job["provider"] == "command"
+    assert job["provider_job_id"].startswith("local-")
+    work_dir = tmp_path / ".flywheel" / "jobs" / job["key"]
+    if status == "succeeded":
+        assert job["fine_tuned_model"] == str(work_dir / "output")
+        assert (work_dir / "output" / "model.json").exists()
+        loss = rows(db_url, "SELECT count(*) FROM fine_tune_job_events WHERE kind = 'metrics'")
+        assert loss[0][0] >= 1
+    else:
+        assert "exited with code 3" in job["error"]
+    trl = orjson.loads((work_dir / "config.yaml").read_bytes())
+    assert trl["model_name_or_path"] == "/models/tiny-llama" and trl["num_train_epochs"] == 1
+
+
+def test_one_failing_pipeline_never_stops_the_others_and_backs_off(
+    db_url: str, tmp_path: Path, server: MockServer
+) -> None:
+    from flywheel.train.config import load_config
+    from flywheel.train.watch import Watcher
+
+    upgrade(db_url)
+    log_traffic(db_url, server.base_url, 0, 30)
+    with MockServer(error_rate=1.0) as failing:
+        good = write_config(tmp_path, server.base_url).read_text()
+        bad = good.replace("pipelines.classify", "pipelines.broken").replace(
+            server.base_url, failing.base_url
+        )
+        config = tmp_path / "flywheel.toml"
+        config.write_text(
+            bad.replace("create_settle_s = 0.2", "create_settle_s = 0.2\nmax_retries = 0") + good
+        )
+        once = run(db_url, config, "watch", "--once")
+        assert once.exit_code == 1
+        watcher = Watcher(db_url, load_config(config))
+        result = watcher.run_pass()
+        broken, classify = result.pipelines
+        assert broken.error is not None and "HTTP 500" in broken.error
+        assert classify.error is None and classify.launch is None  # launched by the --once pass
+        again = watcher.run_pass()
+        assert again.pipelines[0].skipped is not None and "backing off for" in again.pipelines[0].skipped
+    assert len(provider_jobs(server.base_url)) == 1
+    statuses = dict(rows(db_url, "SELECT pipeline, status FROM fine_tune_jobs"))
+    assert statuses["classify"] == "validating_files" and statuses["broken"] == "preparing"
