@@ -7,8 +7,11 @@ Every error a user can cause or fix (a bad option value, an unreachable or unmig
 
     FlywheelError               exit 1
     ├── UsageError              exit 2   a parameter the caller got wrong
-    │   └── BadFilterError      exit 2   a filter option that cannot be parsed (--tag, --since, ...)
-    └── StoreError              exit 1   the store cannot be reached, read or migrated
+    │   ├── BadFilterError      exit 2   a filter option that cannot be parsed (--tag, --since, ...)
+    │   └── ConfigError         exit 2   flywheel.toml is unreadable or invalid (flywheel.train.config)
+    ├── StoreError              exit 1   the store cannot be reached, read or migrated
+    └── ProviderError           exit 1   a training provider refused or failed (flywheel.train.providers)
+        └── TransientProviderError       ... in a way that may pass (rate limit, 5xx): retried later
 
 ``where`` names the place to look: an option (``--since``), a file, or the store's URL. URLs are
 always rendered with the password hidden (``display_url``); driver messages are scrubbed too.

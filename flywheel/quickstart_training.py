@@ -142,9 +142,7 @@ def run_training_loop(
         watcher.run_pass()
         new = [job for job in list_jobs(url, PIPELINE) if job.id not in before]
         if new:
-            echo(
-                f"$ flywheel watch --config {config_path}   (polling every {POLL_EVERY_S}s until it ends)"
-            )
+            echo(f"$ flywheel watch --config {config_path}   (polling every {POLL_EVERY_S}s until it ends)")
         deadline = time.monotonic() + WAIT_FOR_JOB_S
         while new and not new[0].finished and time.monotonic() < deadline:
             time.sleep(POLL_EVERY_S)

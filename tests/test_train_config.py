@@ -800,3 +800,14 @@ def test_replace_section_keeps_the_rest_of_the_page() -> None:
         replace_section("# T\n", "## Configuration reference\n\nx\n")
         == "# T\n\n## Configuration reference\n\nx\n"
     )
+
+
+def test_every_toml_example_in_the_training_docs_is_valid() -> None:
+    import re
+
+    text = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
+    assert len(blocks) >= 3
+    for block in blocks:
+        whole = block if "[pipelines.classify]" in block else "[pipelines.classify]\nfilter = {}\n" + block
+        assert parse_config(whole).pipeline("classify").train is not None
