@@ -92,9 +92,10 @@ def decide(
     return Decision(True, f"{enough}, launching", have, needed)
 
 
-def split_rules(conn_settings: str, export: ExportStep) -> SplitRules:
-    """The split the export will use: the dataset's stored rules with the pipeline's changes."""
-    stored = SplitRules.from_dict(orjson.loads(conn_settings).get("split", {}))
+def split_rules(dataset_settings: str, export: ExportStep) -> SplitRules:
+    """The split the export will use: the dataset's stored rules (``datasets.settings``, JSON) with
+    the pipeline's changes."""
+    stored = SplitRules.from_dict(orjson.loads(dataset_settings).get("split", {}))
     return stored.changed(
         test_fraction=export.test_fraction, stratify_by=export.stratify_by, salt=export.salt
     )

@@ -247,20 +247,23 @@ def train_now(
     pipeline = config.pipeline(name)
     if pipeline.train is None:
         raise UsageError(f"pipeline {name!r} has no [pipelines.{name}.train] table", name)
-    steps = run_steps(database_url, pipeline, workers=workers)
-    with connect(database_url) as conn:
-        dataset = require_dataset(conn, pipeline.dataset)
-        existing = jobs.job_for_version(conn, pipeline.name, int(dataset.id), int(dataset.version))
-        pending = jobs.unfinished_jobs(conn, pipeline.name)
-    attempt = 1
-    if existing is not None:
-        if existing.status not in ("failed", "cancelled", jobs.REFUSED):
-            raise UsageError(
-                f"dataset {pipeline.dataset} version {existing.dataset_version} already has job "
-                f"{existing.id} ({existing.status}); a new job needs new data",
-                name,
-            )
-        attempt = existing.attempt + 1
-    if pending:
-        raise UsageError(f"job {pending[-1].id} of pipeline {name} is still {pending[-1].status}", name)
-    return steps, launch(database_url, config, pipeline, attempt=attempt, workers=workers)
+    with pipeline_lock(database_url, name) as held:
+        if not held:
+            raise UsageError(f"a watcher is working on pipeline {name} right now; try again", name)
+        steps = run_steps(database_url, pipeline, workers=workers)
+        with connect(database_url) as conn:
+            dataset = require_dataset(conn, pipeline.dataset)
+            existing = jobs.job_for_version(conn, pipeline.name, int(dataset.id), int(dataset.version))
+            pending = jobs.unfinished_jobs(conn, pipeline.name)
+        attempt = 1
+        if existing is not None:
+            if existing.status not in ("failed", "cancelled", jobs.REFUSED):
+                raise UsageError(
+                    f"dataset {pipeline.dataset} version {existing.dataset_version} already has job "
+                    f"{existing.id} ({existing.status}); a new job needs new data",
+                    name,
+                )
+            attempt = existing.attempt + 1
+        if pending:
+            raise UsageError(f"job {pending[-1].id} of pipeline {name} is still {pending[-1].status}", name)
+        return steps, launch(database_url, config, pipeline, attempt=attempt, workers=workers)
