@@ -1,5 +1,6 @@
 """The SDK supports both ``openai`` lines: 3.x (on ``httpx2``, installed in the main venv) and 2.x (on
-``httpx``). This test builds a second venv with ``openai<3`` and runs the SDK's end-to-end tests in it.
+``httpx``). This test builds a second venv with ``openai<3`` and runs the SDK's end-to-end tests in it,
+and the training provider's (it talks to the fine-tuning API through the same client).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-openai2"
-SDK_TESTS = ["tests/test_sdk_recording.py", "tests/test_sdk_dropin.py"]
+SDK_TESTS = ["tests/test_sdk_recording.py", "tests/test_sdk_dropin.py", "tests/test_openai_provider.py"]
 
 
 def _python() -> Path:

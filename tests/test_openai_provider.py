@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import orjson
 import pytest
 
@@ -155,3 +156,33 @@ def test_missing_key_variable_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path
     settings = OpenAISettings(base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV)
     with pytest.raises(ProviderError, match=f"{KEY_ENV} is not set"):
         OpenAIProvider(settings).find(_request(tmp_path, settings))
+
+
+def test_dpo_uploads_the_preference_pairs(server: MockServer, tmp_path: Path) -> None:
+    pairs = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Ticket {n}"}]},
+            "preferred_output": [{"role": "assistant", "content": "billing"}],
+            "non_preferred_output": [{"role": "assistant", "content": "other"}],
+        }
+        for n in range(12)
+    ]
+    files = _files(tmp_path)
+    files.preference_train.write_bytes(b"".join(orjson.dumps(pair) + b"\n" for pair in pairs))
+    settings = OpenAISettings(base_url=server.base_url, api_key_env=KEY_ENV)
+    provider = OpenAIProvider(settings)
+    try:
+        request = _request(
+            tmp_path, settings, key="d" * 32, method="dpo", hyperparameters={"beta": 0.2}, validation=False
+        )
+        prepared = provider.prepare(request, files)
+        assert set(prepared) == {"training_file"}
+        launched = provider.launch(request, prepared)
+        with openai.OpenAI(api_key="sk-test", base_url=server.base_url) as client:
+            job = client.fine_tuning.jobs.retrieve(launched.provider_job_id)
+            uploaded = client.files.content(prepared["training_file"]).read()
+        assert job.method is not None and job.method.type == "dpo"
+        assert job.method.dpo is not None and job.method.dpo.hyperparameters.beta == 0.2  # type: ignore[union-attr]
+        assert uploaded == files.preference_train.read_bytes()
+    finally:
+        provider.close()
