@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.engine import Connection
 
 from ..datasets import require_dataset
 from ..errors import UsageError
@@ -194,7 +195,7 @@ def _drive(
 
 def _steps(
     database_url: str,
-    conn: Any,
+    conn: Connection,
     config: FlywheelConfig,
     pipeline: Pipeline,
     train: TrainSettings,
@@ -254,7 +255,7 @@ def _steps(
 
 
 def _adopt(
-    conn: Any, provider: Provider, request: JobRequest, job: TrackedJob, me: str, clock: Clock
+    conn: Connection, provider: Provider, request: JobRequest, job: TrackedJob, me: str, clock: Clock
 ) -> LaunchOutcome | None:
     """After a create that may have reached the provider: adopt the job it made, or wait for the
     settle time to pass; ``None`` when there is no such job and it is safe to create one."""

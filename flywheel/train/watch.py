@@ -181,12 +181,12 @@ class Watcher:
         with connect(self.database_url) as conn:
             pending = jobs.unfinished_jobs(conn, pipeline.name)
         stuck = [job for job in pending if job.status == PREPARING]
-        for job in stuck:
+        if stuck:  # a launch left half-done comes before any new one
             outcome.launch = resume(
                 self.database_url,
                 self.config,
                 pipeline,
-                job,
+                stuck[0],
                 claimed_by=self.claimant,
                 workers=self.workers,
                 clock=self.clock,
