@@ -20,7 +20,7 @@ from typing import Any
 from .train.config import load_config
 from .train.jobs import TrackedJob, list_jobs
 from .train.poll import poll_jobs
-from .train.watch import Watcher
+from .train.watch import Watcher, decisions_to
 
 __all__ = ["run_training_loop"]
 
@@ -84,23 +84,15 @@ def login_tickets() -> list[str]:
     ]
 
 
-@contextlib.contextmanager
-def _echoed(echo: Callable[[str], Any]) -> Iterator[None]:
-    """``flywheel.watch``'s log lines (its decisions) echoed, indented, as they happen."""
+class _Echo(logging.Handler):
+    """``flywheel.watch``'s log lines (its decisions), echoed indented as they happen."""
 
-    class Echo(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            echo(f"  {record.getMessage()}")
+    def __init__(self, echo: Callable[[str], Any]) -> None:
+        super().__init__()
+        self.echo = echo
 
-    logger = logging.getLogger("flywheel.watch")
-    handler, level = Echo(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    def emit(self, record: logging.LogRecord) -> None:
+        self.echo(f"  {record.getMessage()}")
 
 
 @contextlib.contextmanager
@@ -132,7 +124,7 @@ def run_training_loop(
     before = {job.id for job in list_jobs(url, PIPELINE)}
     echo("")
     echo(f"The training loop ({config_path}: min_examples = {MIN_EXAMPLES}, the mock server as provider)")
-    with _variable(KEY_ENV, "sk-quickstart"), _echoed(echo):
+    with _variable(KEY_ENV, "sk-quickstart"), decisions_to(_Echo(echo)):
         watcher = Watcher(url, load_config(config_path))
         echo(f"$ flywheel watch --once --config {config_path}")
         watcher.run_pass()

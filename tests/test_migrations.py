@@ -354,7 +354,7 @@ def _a_job_with_events(db_url: str, dataset_id: int, version: int) -> None:
         "qa", dataset_id, version, 1, "openai", "gpt-4o-mini", "supervised", {}, None, None, {}
     )
     with connect(db_url) as conn:
-        job = jobs.claim_job(conn, claim, jobs.claimant(), at)
+        job = jobs.claim_job(conn, claim, jobs.claimant(), at, Path("jobs"))
         assert job is not None
         metrics = tuple(
             JobEvent(

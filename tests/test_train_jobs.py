@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from recorded_calls import record_chats
@@ -20,6 +21,7 @@ from flywheel.train.thresholds import TrainSideCounts, decide
 from sdk._pricing import PriceTable
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+JOBS = Path("/srv/flywheel/.flywheel/jobs")
 
 
 def _dataset(db_url: str) -> tuple[int, int]:
@@ -37,10 +39,11 @@ def _claim(dataset_id: int, version: int, attempt: int = 1) -> jobs.Claim:
 def test_a_dataset_version_is_claimed_once(db_url: str) -> None:
     dataset_id, version = _dataset(db_url)
     with connect(db_url) as conn:
-        first = jobs.claim_job(conn, _claim(dataset_id, version), "host:1:a", NOW)
-        second = jobs.claim_job(conn, _claim(dataset_id, version), "host:2:b", NOW)
-        retry = jobs.claim_job(conn, _claim(dataset_id, version, attempt=2), "host:2:b", NOW)
+        first = jobs.claim_job(conn, _claim(dataset_id, version), "host:1:a", NOW, JOBS)
+        second = jobs.claim_job(conn, _claim(dataset_id, version), "host:2:b", NOW, JOBS)
+        retry = jobs.claim_job(conn, _claim(dataset_id, version, attempt=2), "host:2:b", NOW, JOBS)
     assert first is not None and first.status == jobs.PREPARING and first.claimed_by == "host:1:a"
+    assert first.work_dir == JOBS / first.key
     assert second is None
     assert retry is not None and retry.attempt == 2 and retry.key != first.key
     assert len(jobs.list_jobs(db_url, "qa")) == 2
@@ -53,7 +56,7 @@ def test_take_over_needs_an_expired_lease_or_a_dead_claimant(db_url: str) -> Non
     )
     dead_claimant = f"{os.uname().nodename}:{dead.stdout.strip()}:x"
     with connect(db_url) as conn:
-        job = jobs.claim_job(conn, _claim(dataset_id, version), "elsewhere:1:a", NOW)
+        job = jobs.claim_job(conn, _claim(dataset_id, version), "elsewhere:1:a", NOW, JOBS)
         assert job is not None
         assert jobs.take_over(conn, job, "me:1:b", NOW + timedelta(minutes=1)) is None  # lease held
         taken = jobs.take_over(conn, job, "me:1:b", NOW + jobs.LEASE)
@@ -64,7 +67,7 @@ def test_take_over_needs_an_expired_lease_or_a_dead_claimant(db_url: str) -> Non
         # Stale view of the row (claimant "elsewhere"): a second take-over of it cannot win.
         assert jobs.take_over(conn, job, "third:1:c", NOW + 2 * jobs.LEASE) is None
     with connect(db_url) as conn:
-        other = jobs.claim_job(conn, _claim(dataset_id, version, attempt=2), dead_claimant, NOW)
+        other = jobs.claim_job(conn, _claim(dataset_id, version, attempt=2), dead_claimant, NOW, JOBS)
         assert other is not None
         assert jobs.claimant_is_gone(dead_claimant)
         assert jobs.take_over(conn, other, "me:1:b", NOW) is not None  # lease valid, process gone
@@ -80,7 +83,7 @@ def test_state_and_events_are_recorded_once(db_url: str) -> None:
         for n in (1, 2, 3)
     ]
     with connect(db_url) as conn:
-        job = jobs.claim_job(conn, _claim(dataset_id, version), "me:1:a", NOW)
+        job = jobs.claim_job(conn, _claim(dataset_id, version), "me:1:a", NOW, JOBS)
         assert job is not None
         running = jobs.record_state(conn, job, JobState("ftjob-1", "running", events=tuple(step[:2])), NOW)
         again = jobs.record_state(conn, running, JobState("ftjob-1", "running", events=tuple(step)), NOW)

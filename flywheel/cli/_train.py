@@ -6,7 +6,6 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -16,7 +15,7 @@ from ..train.config import load_config
 from ..train.jobs import TrackedJob, get_job, list_jobs
 from ..train.plan import plan_training
 from ..train.poll import cancel_job
-from ..train.watch import Watcher, train_now
+from ..train.watch import Watcher, decisions_to, train_now
 from ._base import FlywheelGroup, _db, _table, _usd, cli, db_option, workers_option
 from ._config import config_option
 
@@ -25,20 +24,11 @@ def _print_json(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_UTC_Z | orjson.OPT_INDENT_2).decode())
 
 
-@contextlib.contextmanager
-def _decisions_logged(quiet: bool = False) -> Iterator[None]:
-    """What ``watch`` decides and why, one line each on stderr (``flywheel.watch`` log records)."""
-    logger = logging.getLogger("flywheel.watch")
+def _decisions_logged(quiet: bool = False) -> contextlib.AbstractContextManager[None]:
+    """What ``watch`` decides and why, one line each on stderr (warnings only when ``quiet``)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
+    return decisions_to(handler, logging.WARNING if quiet else logging.INFO)
 
 
 @cli.command("train")

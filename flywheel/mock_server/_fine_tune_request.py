@@ -8,13 +8,13 @@ numbers of the right kind once the job runs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from ..train.cost import auto_epochs
 from ._http import MockAPIError, require
 
 METHODS = ("supervised", "dpo")
@@ -150,8 +150,8 @@ def resolve_hyperparameters(requested: Mapping[str, Any], n_examples: int) -> di
     """``"auto"`` replaced by what OpenAI documents it picks for a file of ``n_examples``."""
     n = max(1, n_examples)
     auto: dict[str, Any] = {
-        # Enough epochs for about 100 example passes, at most 25, 3 for a mid-sized file.
-        "n_epochs": min(25, max(3, math.ceil(100 / n))) if n * 3 < 100 else max(1, min(3, 25_000 // n)),
+        # The same rule the flywheel prices a job by (flywheel.train.cost).
+        "n_epochs": auto_epochs(n),
         "batch_size": max(1, min(256, round(n * 0.002))),
         "learning_rate_multiplier": 1.8,
         "beta": 0.1,

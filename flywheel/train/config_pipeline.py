@@ -175,6 +175,12 @@ class Pipeline(BaseModel):
             resolved["dataset"] = resolved["name"]
         return resolved
 
+    def training(self) -> TrainSettings:
+        """Its ``[pipelines.NAME.train]`` table; ``UsageError`` when it has none (it cannot train)."""
+        if self.train is None:
+            raise UsageError(f"pipeline {self.name!r} has no [pipelines.{self.name}.train] table", self.name)
+        return self.train
+
     @model_validator(mode="after")
     def _names(self) -> Pipeline:
         rule = "use up to 200 letters, digits, '.', '_' or '-', starting with a letter or digit"

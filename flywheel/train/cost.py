@@ -16,7 +16,9 @@ from typing import Any
 from sdk import _config
 from sdk._pricing import PriceTable
 
-__all__ = ["CostEstimate", "auto_epochs", "estimate_cost"]
+from .providers.base import export_sides
+
+__all__ = ["CostEstimate", "auto_epochs", "estimate_cost", "estimate_export", "over_budget"]
 
 _TARGET_EPOCHS = 3
 _MIN_TARGET_EXAMPLES = 100
@@ -74,3 +76,33 @@ def estimate_cost(
         epochs=auto_epochs(examples) if epochs == "auto" else int(epochs),
         price_per_million=table.training_price(base_model),
     )
+
+
+def estimate_export(
+    base_model: str, method: str, hyperparameters: Mapping[str, Any], manifest: Mapping[str, Any]
+) -> CostEstimate:
+    """The cost of training on what an export wrote (its manifest's counts and token totals)."""
+    side = export_sides(method)[0]
+    tokens = int(manifest.get("validation", {}).get(side, {}).get("total_tokens", 0))
+    return estimate_cost(base_model, tokens, int(manifest["counts"][side]), hyperparameters)
+
+
+def over_budget(
+    max_cost_usd: float | None, base_model: str, usd: float | None, training_tokens: int | None
+) -> str | None:
+    """Why a job estimated at ``usd`` may not launch under ``max_cost_usd``; ``None`` when it may.
+    A job whose cost cannot be estimated (no training price) is refused when there is a cap."""
+    if max_cost_usd is None:
+        return None
+    if usd is None:
+        return (
+            f"no training price for {base_model} in the price table, so the cost cannot be checked "
+            f"against max_cost_usd = {max_cost_usd}; add a `training` price to a FLYWHEEL_PRICES "
+            "file or remove max_cost_usd"
+        )
+    if usd > max_cost_usd:
+        return (
+            f"estimated cost ${usd:,.2f} ({training_tokens or 0:,} tokens) is above "
+            f"max_cost_usd = {max_cost_usd}; not launched"
+        )
+    return None

@@ -3,8 +3,10 @@ that list them. Writing is ``flywheel.train.jobs``'s job; nothing here changes a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,12 +21,15 @@ from .providers.base import TERMINAL_STATUSES
 
 __all__ = [
     "FINISHED",
+    "JSON_COLUMNS",
     "PREPARING",
     "REFUSED",
+    "RETRYABLE",
     "TrackedJob",
     "get_job",
     "job_for_version",
     "jobs_of",
+    "last_sent",
     "list_jobs",
     "read_job",
     "unfinished_jobs",
@@ -35,6 +40,9 @@ PREPARING = "preparing"
 REFUSED = "refused"
 """Never sent to the provider (estimated over ``max_cost_usd``)."""
 FINISHED = TERMINAL_STATUSES | {REFUSED}
+RETRYABLE = frozenset({"failed", "cancelled", REFUSED})
+"""Ends after which ``flywheel train`` may try the same dataset version again (a new attempt)."""
+JSON_COLUMNS = frozenset({"hyperparameters", "settings", "files", "details"})
 
 _J = fine_tune_jobs.c
 
@@ -81,6 +89,11 @@ class TrackedJob:
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+    @property
+    def work_dir(self) -> Path:
+        """The job's own directory (its export, a local trainer's files), set when it was claimed."""
+        return Path(self.details["work_dir"])
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, as ``flywheel jobs --json`` prints it."""
@@ -196,51 +209,24 @@ def _select() -> sa.Select[Any]:
 
 
 def _from_row(row: sa.Row[Any], events: list[dict[str, Any]] | None = None) -> TrackedJob:
-    m = row._mapping
-    return TrackedJob(
-        id=m["id"],
-        key=m["key"],
-        pipeline=m["pipeline"],
-        dataset=m["dataset_name"],
-        dataset_id=m["dataset_id"],
-        dataset_version=m["dataset_version"],
-        attempt=m["attempt"],
-        provider=m["provider"],
-        provider_job_id=m["provider_job_id"],
-        status=m["status"],
-        base_model=m["base_model"],
-        method=m["method"],
-        hyperparameters=_loads(m["hyperparameters"]),
-        suffix=m["suffix"],
-        seed=m["seed"],
-        settings=_loads(m["settings"]),
-        export_dir=m["export_dir"],
-        files=_loads(m["files"]),
-        train_examples=m["train_examples"],
-        test_examples=m["test_examples"],
-        training_tokens=m["training_tokens"],
-        estimated_cost_usd=m["estimated_cost_usd"],
-        trained_tokens=m["trained_tokens"],
-        fine_tuned_model=m["fine_tuned_model"],
-        error=m["error"],
-        details=_loads(m["details"]),
-        last_event_id=m["last_event_id"],
-        claimed_by=m["claimed_by"],
-        lease_expires_at=_utc(m["lease_expires_at"]),
-        create_sent_at=_utc(m["create_sent_at"]),
-        created_at=as_utc(m["created_at"]),
-        updated_at=as_utc(m["updated_at"]),
-        finished_at=_utc(m["finished_at"]),
-        events=events or [],
-    )
+    """The row as a ``TrackedJob``: its columns by name, JSON decoded, times in UTC."""
+    values = dict(row._mapping)
+    values["dataset"] = values.pop("dataset_name")
+    for name, value in values.items():
+        if name in JSON_COLUMNS:
+            values[name] = _loads(value)
+        elif isinstance(value, datetime):
+            values[name] = as_utc(value)
+    return TrackedJob(**values, events=events or [])
+
+
+def last_sent(history: Sequence[TrackedJob]) -> TrackedJob | None:
+    """The newest job of ``history`` (newest first) that was meant to train (a refused one never was)."""
+    return next((job for job in history if job.status != REFUSED), None)
 
 
 def _loads(text: str | None) -> dict[str, Any]:
     return dict(orjson.loads(text)) if text else {}
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    return None if moment is None else as_utc(moment)
 
 
 def _iso(moment: datetime | None) -> str | None:

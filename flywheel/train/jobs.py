@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,16 +34,20 @@ from ..datasets import write_transaction
 from ..query import as_utc
 from .job_rows import (
     FINISHED,
+    JSON_COLUMNS,
     PREPARING,
     REFUSED,
+    RETRYABLE,
     TrackedJob,
     get_job,
     job_for_version,
     jobs_of,
+    last_sent,
     list_jobs,
     read_job,
     unfinished_jobs,
 )
+from .providers._detached import process_running
 from .providers.base import JobEvent, JobState
 
 __all__ = [
@@ -51,6 +55,7 @@ __all__ = [
     "LEASE",
     "PREPARING",
     "REFUSED",
+    "RETRYABLE",
     "Claim",
     "TrackedJob",
     "add_event",
@@ -61,11 +66,11 @@ __all__ = [
     "get_job",
     "job_for_version",
     "jobs_of",
+    "last_sent",
     "list_jobs",
     "record_state",
     "release",
     "renew",
-    "set_fields",
     "take_over",
     "unfinished_jobs",
 ]
@@ -82,7 +87,8 @@ def claimant() -> str:
 
 
 def claimant_is_gone(claimed_by: str | None) -> bool:
-    """True when ``claimed_by`` names a process of this host that no longer runs.
+    """True when ``claimed_by`` names a process of this host that no longer runs (the same check
+    the ``command`` provider makes of its trainers).
 
     A claimant on another host cannot be checked from here; its lease has to run out instead.
     """
@@ -92,24 +98,7 @@ def claimant_is_gone(claimed_by: str | None) -> bool:
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
+    return int(pid_text) != os.getpid() and not process_running(int(pid_text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,37 +118,24 @@ class Claim:
     settings: Mapping[str, Any]
 
 
-@contextmanager
-def _tx(conn: Connection) -> Iterator[Connection]:
-    """One short write transaction on ``conn`` (on SQLite holding the write lock from its start)."""
-    with write_transaction(conn):
-        yield conn
-
-
-def claim_job(conn: Connection, claim: Claim, claimed_by: str, now: datetime) -> TrackedJob | None:
-    """Insert the job row for ``claim`` held by ``claimed_by``; ``None`` when that dataset version
-    (and attempt) already has a job, whoever inserted it first."""
+def claim_job(
+    conn: Connection, claim: Claim, claimed_by: str, now: datetime, jobs_dir: Path
+) -> TrackedJob | None:
+    """Insert the job row for ``claim`` held by ``claimed_by``, its directory under ``jobs_dir``;
+    ``None`` when that dataset version (and attempt) already has a job, whoever inserted it first."""
+    key = secrets.token_hex(16)
     values = {
-        "key": secrets.token_hex(16),
-        "pipeline": claim.pipeline,
-        "dataset_id": claim.dataset_id,
-        "dataset_version": claim.dataset_version,
-        "attempt": claim.attempt,
-        "provider": claim.provider,
+        **_encoded(asdict(claim)),
+        "key": key,
         "status": PREPARING,
-        "base_model": claim.base_model,
-        "method": claim.method,
-        "hyperparameters": _dumps(claim.hyperparameters),
-        "suffix": claim.suffix,
-        "seed": claim.seed,
-        "settings": _dumps(claim.settings),
+        "details": _dumps({"work_dir": str(jobs_dir / key)}),
         "claimed_by": claimed_by,
         "lease_expires_at": now + LEASE,
         "created_at": now,
         "updated_at": now,
     }
     try:
-        with _tx(conn):
+        with write_transaction(conn):
             job_id = conn.execute(sa.insert(fine_tune_jobs).values(**values).returning(_J.id)).scalar_one()
             _insert_event(conn, job_id, now, "status", f"claimed by {claimed_by}", data={"to": PREPARING})
     except sa.exc.IntegrityError:
@@ -174,12 +150,12 @@ def take_over(conn: Connection, job: TrackedJob, claimed_by: str, now: datetime)
     expired = job.lease_expires_at is None or as_utc(job.lease_expires_at) <= now
     if not (expired or claimant_is_gone(job.claimed_by)):
         return None
-    condition = [_J.id == job.id, _J.status == PREPARING]
-    condition.append(_J.claimed_by.is_(None) if job.claimed_by is None else _J.claimed_by == job.claimed_by)
-    with _tx(conn):
+    with write_transaction(conn):
         taken = conn.execute(
             sa.update(fine_tune_jobs)
-            .where(*condition)
+            .where(
+                _J.id == job.id, _J.status == PREPARING, _J.claimed_by.is_not_distinct_from(job.claimed_by)
+            )
             .values(claimed_by=claimed_by, lease_expires_at=now + LEASE, updated_at=now)
         ).rowcount
         if taken:
@@ -196,7 +172,7 @@ def take_over(conn: Connection, job: TrackedJob, claimed_by: str, now: datetime)
 
 def renew(conn: Connection, job_id: int, claimed_by: str, now: datetime, **values: Any) -> bool:
     """Extend the lease (and set ``values``) if ``claimed_by`` still holds it; False if it lost it."""
-    with _tx(conn):
+    with write_transaction(conn):
         updated = conn.execute(
             sa.update(fine_tune_jobs)
             .where(_J.id == job_id, _J.claimed_by == claimed_by, _J.status == PREPARING)
@@ -207,19 +183,11 @@ def renew(conn: Connection, job_id: int, claimed_by: str, now: datetime, **value
 
 def release(conn: Connection, job_id: int, claimed_by: str, now: datetime) -> None:
     """Give up the lease now (after a transient failure), so the next pass may resume at once."""
-    with _tx(conn):
+    with write_transaction(conn):
         conn.execute(
             sa.update(fine_tune_jobs)
             .where(_J.id == job_id, _J.claimed_by == claimed_by, _J.status == PREPARING)
             .values(lease_expires_at=now, updated_at=now)
-        )
-
-
-def set_fields(conn: Connection, job_id: int, now: datetime, **values: Any) -> None:
-    """Set columns of job ``job_id`` (JSON columns take Python values)."""
-    with _tx(conn):
-        conn.execute(
-            sa.update(fine_tune_jobs).where(_J.id == job_id).values(updated_at=now, **_encoded(values))
         )
 
 
@@ -234,7 +202,7 @@ def add_event(
     data: Mapping[str, Any] | None = None,
 ) -> None:
     """Record something the flywheel decided or saw about job ``job_id``."""
-    with _tx(conn):
+    with write_transaction(conn):
         _insert_event(conn, job_id, now, kind, message, level=level, data=data)
 
 
@@ -252,7 +220,7 @@ def record_state(conn: Connection, job: TrackedJob, state: JobState, now: dateti
         values["details"] = {**job.details, **state.details}
     if state.finished and job.finished_at is None:
         values["finished_at"] = now
-    with _tx(conn):
+    with write_transaction(conn):
         fresh = _new_events(conn, job.id, state.events)
         for event in fresh:
             _insert_event(
@@ -287,11 +255,11 @@ def record_state(conn: Connection, job: TrackedJob, state: JobState, now: dateti
 
 
 def finish_without_provider(
-    conn: Connection, job: TrackedJob, status: str, error: str, now: datetime, *, kind: str = "decision"
+    conn: Connection, job: TrackedJob, status: str, error: str, now: datetime
 ) -> TrackedJob:
     """End a ``preparing`` job that never reached the provider (``refused``, or ``failed`` when the
     provider rejected it), with an event that says why."""
-    with _tx(conn):
+    with write_transaction(conn):
         conn.execute(
             sa.update(fine_tune_jobs)
             .where(_J.id == job.id)
@@ -301,7 +269,7 @@ def finish_without_provider(
             conn,
             job.id,
             now,
-            kind,
+            "decision",
             error,
             level="error" if status == "failed" else "warning",
             data={"from": job.status, "to": status},
@@ -355,12 +323,9 @@ def _insert_event(
     )
 
 
-_JSON_COLUMNS = frozenset({"hyperparameters", "settings", "files", "details"})
-
-
 def _encoded(values: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        name: _dumps(value) if name in _JSON_COLUMNS and value is not None else value
+        name: _dumps(value) if name in JSON_COLUMNS and value is not None else value
         for name, value in values.items()
     }
 

@@ -21,34 +21,38 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 from sqlalchemy.engine import Connection
 
-from ..datasets import require_dataset
+from ..datasets import require_dataset, step_time
 from ..errors import UsageError
-from ..export import ExportError, ExportResult, export_dataset
+from ..export import ExportError
 from ..query import as_utc, connect
 from . import jobs
 from .config import FlywheelConfig, Pipeline, TrainSettings
-from .cost import CostEstimate, estimate_cost
+from .cost import estimate_export, over_budget
 from .jobs import Claim, TrackedJob
-from .providers.base import JobRequest, Provider, ProviderError, TrainingFiles, TransientProviderError
-from .providers.openai import JOB_METADATA_KEY
+from .providers.base import (
+    JOB_METADATA_KEY,
+    JobRequest,
+    Provider,
+    ProviderError,
+    TrainingFiles,
+    TransientProviderError,
+    export_sides,
+)
 from .providers.registry import provider_class
+from .steps import export_for_training
 
-__all__ = ["LaunchOutcome", "build_provider", "job_request", "launch", "resume"]
+__all__ = ["Clock", "LaunchOutcome", "build_provider", "job_request", "launch", "resume"]
 
 log = logging.getLogger("flywheel.watch")
 
 Clock = Callable[[], datetime]
-
-
-def _clock() -> datetime:
-    return datetime.now(UTC)
+"""Where a watcher reads the time (``datasets.step_time``: the clock, in UTC; tests pass their own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +69,7 @@ def build_provider(name: str, settings: Mapping[str, Any]) -> Provider:
     return cls(cls.Settings.model_validate(dict(settings)))
 
 
-def job_request(
-    config: FlywheelConfig, pipeline: Pipeline, job: TrackedJob, provider: Provider
-) -> JobRequest:
+def job_request(pipeline: Pipeline, job: TrackedJob, provider: Provider) -> JobRequest:
     """What the provider is asked for: the job's row with the pipeline's training settings."""
     return JobRequest(
         key=job.key,
@@ -79,21 +81,15 @@ def job_request(
         hyperparameters=job.hyperparameters,
         suffix=job.suffix,
         seed=job.seed,
-        validation=_train(pipeline).validation,
+        validation=pipeline.training().validation,
         settings=provider.settings,
-        work_dir=work_dir(config, job),
+        work_dir=job.work_dir,
         metadata={
             JOB_METADATA_KEY: job.key,
             "flywheel_pipeline": job.pipeline[:512],
             "flywheel_dataset_version": str(job.dataset_version),
         },
     )
-
-
-def work_dir(config: FlywheelConfig, job: TrackedJob) -> Path:
-    """The job's own directory (export, trainer files), kept on the row once made."""
-    stored = job.details.get("work_dir")
-    return Path(stored) if isinstance(stored, str) else config.work_dir / "jobs" / job.key
 
 
 def launch(
@@ -104,10 +100,10 @@ def launch(
     attempt: int = 1,
     claimed_by: str | None = None,
     workers: int = 1,
-    clock: Clock = _clock,
+    clock: Clock = step_time,
 ) -> LaunchOutcome:
     """Claim the pipeline dataset's newest version and launch its job."""
-    train = _train(pipeline)
+    train = pipeline.training()
     me = claimed_by or jobs.claimant()
     with connect(database_url) as conn:
         dataset = require_dataset(conn, pipeline.dataset)
@@ -124,12 +120,11 @@ def launch(
             seed=train.seed,
             settings=train.provider_settings.model_dump(mode="json"),
         )
-        job = jobs.claim_job(conn, claim, me, clock())
+        job = jobs.claim_job(conn, claim, me, clock(), config.work_dir / "jobs")
         if job is None:
             return LaunchOutcome(
                 None, f"dataset version {dataset.version} already has a job (another watcher claimed it)"
             )
-        jobs.set_fields(conn, job.id, clock(), details={"work_dir": str(config.work_dir / "jobs" / job.key)})
         log.info(
             "%s: claimed job %d for dataset %s version %d",
             pipeline.name,
@@ -137,18 +132,17 @@ def launch(
             job.dataset,
             job.dataset_version,
         )
-    return _drive(database_url, config, pipeline, job.id, me, workers, clock)
+    return _drive(database_url, pipeline, job.id, me, workers, clock)
 
 
 def resume(
     database_url: str,
-    config: FlywheelConfig,
     pipeline: Pipeline,
     job: TrackedJob,
     *,
     claimed_by: str | None = None,
     workers: int = 1,
-    clock: Clock = _clock,
+    clock: Clock = step_time,
 ) -> LaunchOutcome:
     """Carry on with a ``preparing`` job whose claimant is gone or whose lease ran out."""
     me = claimed_by or jobs.claimant()
@@ -159,7 +153,7 @@ def resume(
     log.info(
         "%s: resuming the launch of job %d (claimed by %s before)", pipeline.name, job.id, job.claimed_by
     )
-    return _drive(database_url, config, pipeline, job.id, me, workers, clock)
+    return _drive(database_url, pipeline, job.id, me, workers, clock)
 
 
 # --- the steps --------------------------------------------------------------------------------------
@@ -167,19 +161,18 @@ def resume(
 
 def _drive(
     database_url: str,
-    config: FlywheelConfig,
     pipeline: Pipeline,
     job_id: int,
     me: str,
     workers: int,
     clock: Clock,
 ) -> LaunchOutcome:
-    train = _train(pipeline)
+    train = pipeline.training()
     with connect(database_url) as conn:
         job = jobs.get_job(database_url, job_id)
         provider = build_provider(job.provider, job.settings)
         try:
-            return _steps(database_url, conn, config, pipeline, train, job, provider, me, workers, clock)
+            return _steps(database_url, conn, pipeline, train, job, provider, me, workers, clock)
         except TransientProviderError as exc:
             jobs.add_event(conn, job.id, clock(), "decision", f"launch interrupted: {exc}", level="warning")
             jobs.release(conn, job.id, me, clock())
@@ -196,7 +189,6 @@ def _drive(
 def _steps(
     database_url: str,
     conn: Connection,
-    config: FlywheelConfig,
     pipeline: Pipeline,
     train: TrainSettings,
     job: TrackedJob,
@@ -205,16 +197,19 @@ def _steps(
     workers: int,
     clock: Clock,
 ) -> LaunchOutcome:
-    request = job_request(config, pipeline, job, provider)
+    request = job_request(pipeline, job, provider)
     export_dir = request.work_dir / "export"
     manifest_path = export_dir / "manifest.json"
     if job.export_dir is None or not manifest_path.exists():
         try:
-            exported = _export(database_url, pipeline, train, job, export_dir, workers, clock)
+            exported = export_for_training(
+                database_url, pipeline, export_dir, version=job.dataset_version, workers=workers, now=clock()
+            )
         except ExportError as exc:
             failed = jobs.finish_without_provider(conn, job, "failed", f"export failed: {exc}", clock())
             return LaunchOutcome(failed, f"job {failed.id} failed: the export did not pass validation")
-        estimate = _estimate(train, exported.manifest)
+        estimate = estimate_export(train.base_model, train.method, job.hyperparameters, exported.manifest)
+        train_side, test_side = export_sides(train.method)
         _held(
             jobs.renew(
                 conn,
@@ -222,8 +217,8 @@ def _steps(
                 me,
                 clock(),
                 export_dir=str(export_dir),
-                train_examples=exported.counts["preference_train" if train.method == "dpo" else "train"],
-                test_examples=exported.counts["preference_test" if train.method == "dpo" else "test"],
+                train_examples=exported.counts[train_side],
+                test_examples=exported.counts[test_side],
                 training_tokens=estimate.training_tokens,
                 estimated_cost_usd=estimate.usd,
             ),
@@ -231,7 +226,7 @@ def _steps(
         )
         job = jobs.get_job(database_url, job.id)
     files = TrainingFiles(export_dir, orjson.loads(manifest_path.read_bytes()))
-    refusal = _refusal(train, job)
+    refusal = over_budget(train.max_cost_usd, job.base_model, job.estimated_cost_usd, job.training_tokens)
     if refusal is not None:
         refused = jobs.finish_without_provider(conn, job, jobs.REFUSED, refusal, clock())
         log.warning("%s: job %d refused: %s", pipeline.name, job.id, refusal)
@@ -259,8 +254,9 @@ def _adopt(
 ) -> LaunchOutcome | None:
     """After a create that may have reached the provider: adopt the job it made, or wait for the
     settle time to pass; ``None`` when there is no such job and it is safe to create one."""
+    assert job.create_sent_at is not None
     settle = timedelta(seconds=float(getattr(provider.settings, "create_settle_s", 0.0)))
-    sent = as_utc(job.create_sent_at) if job.create_sent_at is not None else clock()
+    sent = as_utc(job.create_sent_at)
     if clock() < sent + settle:
         jobs.release(conn, job.id, me, clock())
         wait = (sent + settle - clock()).total_seconds()
@@ -282,78 +278,9 @@ def _adopt(
     return LaunchOutcome(adopted, f"adopted {found.provider_job_id}")
 
 
-def _export(
-    database_url: str,
-    pipeline: Pipeline,
-    train: TrainSettings,
-    job: TrackedJob,
-    export_dir: Path,
-    workers: int,
-    clock: Clock,
-) -> ExportResult:
-    step = pipeline.export
-    current = _dataset_version(database_url, pipeline.dataset)
-    return export_dataset(
-        database_url,
-        pipeline.dataset,
-        export_dir,
-        test_fraction=step.test_fraction,
-        stratify_by=step.stratify_by,
-        salt=step.salt,
-        train_on=step.train_on,
-        base_model=train.base_model,
-        token_limit=step.token_limit,
-        skip_invalid=step.skip_invalid,
-        version=None if current == job.dataset_version else job.dataset_version,
-        workers=workers,
-        now=clock(),
-    )
-
-
-def _estimate(train: TrainSettings, manifest: Mapping[str, Any]) -> CostEstimate:
-    side = "preference_train" if train.method == "dpo" else "train"
-    report = manifest.get("validation", {}).get(side, {})
-    return estimate_cost(
-        train.base_model,
-        int(report.get("total_tokens", 0)),
-        int(manifest["counts"][side]),
-        train.hyperparameters.to_request(),
-    )
-
-
-def _refusal(train: TrainSettings, job: TrackedJob) -> str | None:
-    if train.max_cost_usd is None:
-        return None
-    if job.estimated_cost_usd is None:
-        return (
-            f"no training price for {job.base_model} in the price table, so the cost cannot be "
-            f"checked against max_cost_usd = {train.max_cost_usd}; add a `training` price to a "
-            "FLYWHEEL_PRICES file or remove max_cost_usd"
-        )
-    if job.estimated_cost_usd > train.max_cost_usd:
-        return (
-            f"estimated cost {_usd(job.estimated_cost_usd)} ({job.training_tokens:,} tokens) is above "
-            f"max_cost_usd = {train.max_cost_usd}; not launched"
-        )
-    return None
-
-
 def _held(still_ours: bool, job: TrackedJob) -> None:
     if not still_ours:
         raise UsageError(f"job {job.id}: another watcher took over its launch; leaving it", str(job.id))
-
-
-def _dataset_version(database_url: str, name: str) -> int:
-    with connect(database_url) as conn:
-        return int(require_dataset(conn, name).version)
-
-
-def _train(pipeline: Pipeline) -> TrainSettings:
-    if pipeline.train is None:
-        raise UsageError(
-            f"pipeline {pipeline.name!r} has no [pipelines.{pipeline.name}.train] table", pipeline.name
-        )
-    return pipeline.train
 
 
 def _usd(value: float | None) -> str:

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-
-from sdk.schema import datasets
-
-from ..datasets import count_new_calls, require_dataset
-from ..errors import UsageError
-from ..export import ExportError, export_dataset
+from ..datasets import NotFoundError, count_new_calls, require_dataset, step_time
+from ..export import ExportError
 from ..query import connect
 from . import jobs
 from .config import FlywheelConfig
-from .cost import CostEstimate, estimate_cost
-from .thresholds import Decision, decide, split_rules, train_side_counts
+from .cost import CostEstimate, estimate_export, over_budget
+from .providers.base import export_sides
+from .steps import export_for_training
+from .thresholds import Decision, current_decision
 
 __all__ = ["TrainPlan", "plan_training"]
 
@@ -80,9 +76,7 @@ class TrainPlan:
 def plan_training(database_url: str, config: FlywheelConfig, name: str) -> TrainPlan:
     """The plan for pipeline ``name``; reads the store, writes nothing anywhere."""
     pipeline = config.pipeline(name)
-    train = pipeline.train
-    if train is None:
-        raise UsageError(f"pipeline {name!r} has no [pipelines.{name}.train] table", name)
+    train = pipeline.training()
     hyperparameters = train.hyperparameters.to_request()
     base: dict[str, Any] = {
         "pipeline": name,
@@ -97,13 +91,10 @@ def plan_training(database_url: str, config: FlywheelConfig, name: str) -> Train
         "max_cost_usd": train.max_cost_usd,
     }
     with connect(database_url) as conn:
-        exists = conn.execute(sa.select(datasets.c.id).where(datasets.c.name == pipeline.dataset)).first()
-        if exists is None:
+        try:
+            dataset = require_dataset(conn, pipeline.dataset)
+        except NotFoundError:
             matching = count_new_calls(conn, None, pipeline.filter.refreshed())
-            missing = (
-                f"dataset {pipeline.dataset} does not exist yet; a pass creates it from the filter "
-                f"({matching} calls match it, before the steps)"
-            )
             return TrainPlan(
                 **base,
                 dataset_version=None,
@@ -113,62 +104,30 @@ def plan_training(database_url: str, config: FlywheelConfig, name: str) -> Train
                 decision=None,
                 existing_job=None,
                 new_calls=matching,
-                problem=missing,
+                problem=(
+                    f"dataset {pipeline.dataset} does not exist yet; a pass creates it from the filter "
+                    f"({matching} calls match it, before the steps)"
+                ),
             )
-        dataset = require_dataset(conn, pipeline.dataset)
         waiting = count_new_calls(conn, int(dataset.id), pipeline.filter.refreshed())
-        history = jobs.jobs_of(conn, name)
-        last = next((job for job in history if job.status != jobs.REFUSED), None)
-        unfinished = next((job for job in history if not job.finished), None)
+        decision = current_decision(conn, pipeline, dataset, step_time())
         existing = jobs.job_for_version(conn, name, int(dataset.id), int(dataset.version))
-        rules = split_rules(dataset.settings, pipeline.export)
-        counts = train_side_counts(
-            conn, int(dataset.id), int(dataset.version), rules, last.dataset_version if last else None
-        )
-    decision = decide(train, counts, int(dataset.version), last, unfinished, datetime.now(UTC))
     problem: str | None = None
     estimate: CostEstimate | None = None
     train_examples = test_examples = None
     with tempfile.TemporaryDirectory(prefix="flywheel-plan-") as scratch:
         try:
-            exported = export_dataset(
-                database_url,
-                pipeline.dataset,
-                scratch,
-                test_fraction=pipeline.export.test_fraction,
-                stratify_by=pipeline.export.stratify_by,
-                salt=pipeline.export.salt,
-                train_on=pipeline.export.train_on,
-                base_model=train.base_model,
-                token_limit=pipeline.export.token_limit,
-                skip_invalid=pipeline.export.skip_invalid,
-                dry_run=True,
-            )
+            exported = export_for_training(database_url, pipeline, scratch, dry_run=True)
         except ExportError as exc:
             problem = f"the export would fail: {exc}"
         else:
-            side = "preference_train" if train.method == "dpo" else "train"
-            train_examples = exported.counts[side]
-            test_examples = exported.counts["preference_test" if train.method == "dpo" else "test"]
-            tokens = int(exported.manifest["validation"][side]["total_tokens"])
-            estimate = estimate_cost(train.base_model, tokens, train_examples, hyperparameters)
-    if (
-        problem is None
-        and existing is not None
-        and existing.status not in ("failed", "cancelled", jobs.REFUSED)
-    ):
+            train_side, test_side = export_sides(train.method)
+            train_examples, test_examples = exported.counts[train_side], exported.counts[test_side]
+            estimate = estimate_export(train.base_model, train.method, hyperparameters, exported.manifest)
+    if problem is None and existing is not None and existing.status not in jobs.RETRYABLE:
         problem = f"dataset version {dataset.version} already has job {existing.id} ({existing.status})"
-    if problem is None and estimate is not None and train.max_cost_usd is not None:
-        if estimate.usd is None:
-            problem = (
-                f"no training price for {train.base_model}: max_cost_usd cannot be checked, "
-                "so it would be refused"
-            )
-        elif estimate.usd > train.max_cost_usd:
-            problem = (
-                f"estimated ${estimate.usd:,.2f} is above max_cost_usd = {train.max_cost_usd}: "
-                "it would be refused"
-            )
+    if problem is None and estimate is not None:
+        problem = over_budget(train.max_cost_usd, train.base_model, estimate.usd, estimate.training_tokens)
     return TrainPlan(
         **base,
         dataset_version=int(dataset.version),

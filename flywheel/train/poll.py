@@ -8,17 +8,15 @@ A job is polled with the settings it was launched with (stored on its row), so e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from ..datasets import step_time
 from ..errors import UsageError
 from ..query import connect
 from . import jobs
 from .jobs import PREPARING, TrackedJob
-from .launch import build_provider
+from .launch import Clock, build_provider
 from .providers.base import JobHandle, Provider, ProviderError
 
 __all__ = ["PollResult", "cancel_job", "poll_job", "poll_jobs"]
@@ -39,19 +37,11 @@ class PollResult:
 
 def _handle(job: TrackedJob, provider: Provider) -> JobHandle:
     assert job.provider_job_id is not None
-    work_dir = job.details.get("work_dir")
-    return JobHandle(
-        provider_job_id=job.provider_job_id,
-        settings=provider.settings,
-        work_dir=Path(work_dir) if isinstance(work_dir, str) else Path.cwd(),
-        details=job.details,
-        last_event_id=job.last_event_id,
-    )
+    return JobHandle(job.provider_job_id, provider.settings, job.work_dir, job.details, job.last_event_id)
 
 
-def poll_job(database_url: str, job: TrackedJob, *, now: Callable[[], datetime] | None = None) -> TrackedJob:
+def poll_job(database_url: str, job: TrackedJob, *, clock: Clock = step_time) -> TrackedJob:
     """Ask the provider about ``job`` and store the answer; the job as stored after it."""
-    clock = now or (lambda: datetime.now(UTC))
     provider = build_provider(job.provider, job.settings)
     try:
         state = provider.poll(_handle(job, provider))
@@ -66,9 +56,7 @@ def poll_job(database_url: str, job: TrackedJob, *, now: Callable[[], datetime] 
     return updated
 
 
-def poll_jobs(
-    database_url: str, *, pipeline: str | None = None, now: Callable[[], datetime] | None = None
-) -> PollResult:
+def poll_jobs(database_url: str, *, pipeline: str | None = None, clock: Clock = step_time) -> PollResult:
     """Poll every unfinished job the provider has (of ``pipeline``); one job's error never stops
     the others."""
     result = PollResult()
@@ -76,16 +64,15 @@ def poll_jobs(
         pending = [job for job in jobs.unfinished_jobs(conn, pipeline) if job.status != PREPARING]
     for job in pending:
         try:
-            result.jobs.append(poll_job(database_url, job, now=now))
+            result.jobs.append(poll_job(database_url, job, clock=clock))
         except ProviderError as exc:
             result.errors[job.id] = str(exc)
             log.warning("%s: polling job %d failed: %s", job.pipeline, job.id, exc)
     return result
 
 
-def cancel_job(database_url: str, job_id: int, *, now: Callable[[], datetime] | None = None) -> TrackedJob:
+def cancel_job(database_url: str, job_id: int, *, clock: Clock = step_time) -> TrackedJob:
     """Ask the provider to cancel job ``job_id`` and record its state after asking."""
-    clock = now or (lambda: datetime.now(UTC))
     job = jobs.get_job(database_url, job_id)
     if job.finished:
         raise UsageError(f"job {job_id} has already ended ({job.status})", str(job_id))

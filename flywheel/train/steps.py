@@ -3,7 +3,8 @@
 Each step is the library function its CLI command calls, with the pipeline's settings; a step
 that has nothing to do changes nothing (no dataset version). Dedup and relabel run when the update
 took in new entries, or when they have never run on the dataset, so a pass over a dataset that
-received nothing does no work beyond the update's query.
+received nothing does no work beyond the update's query. ``export_for_training`` is the export
+step a launch (and the dry-run plan) runs with the pipeline's export settings.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from typing import Any
 
 from ..datasets import count_entries, create_dataset, get_dataset, require_dataset
 from ..dedup import dedup_dataset
+from ..export import ExportResult, export_dataset
 from ..finetune_format import DropSystemPrompt, PruneRule, StripPrefix
 from ..prune import common_system_prompts, prune_rules, set_prune_rules
 from ..query import connect
 from ..relabel import relabel_dataset
 from .config import Pipeline
 
-__all__ = ["StepsResult", "run_steps"]
+__all__ = ["StepsResult", "export_for_training", "run_steps"]
 
 log = logging.getLogger("flywheel.watch")
 
@@ -109,6 +111,37 @@ def run_steps(
         row = require_dataset(conn, name)
         result.version, result.entries = int(row.version), count_entries(conn, row.id, row.version)
     return result
+
+
+def export_for_training(
+    database_url: str,
+    pipeline: Pipeline,
+    out_dir: str | os.PathLike[str],
+    *,
+    version: int | None = None,
+    dry_run: bool = False,
+    workers: int = 1,
+    now: datetime | None = None,
+) -> ExportResult:
+    """The pipeline's export step (its split, pruning and validation, the base model's token
+    limit) of the dataset at ``version`` (default: its newest) into ``out_dir``."""
+    step = pipeline.export
+    return export_dataset(
+        database_url,
+        pipeline.dataset,
+        out_dir,
+        test_fraction=step.test_fraction,
+        stratify_by=step.stratify_by,
+        salt=step.salt,
+        train_on=step.train_on,
+        base_model=pipeline.training().base_model,
+        token_limit=step.token_limit,
+        skip_invalid=step.skip_invalid,
+        dry_run=dry_run,
+        version=version,
+        workers=workers,
+        now=now,
+    )
 
 
 def _prune(database_url: str, pipeline: Pipeline) -> int | None:

@@ -28,10 +28,17 @@ from sdk.schema import call_tags, calls, dataset_entries
 from ..datasets import entries_at
 from ..export import SplitRules
 from ..split import stable_split
-from .config import ExportStep, TrainSettings
-from .jobs import TrackedJob
+from .config import ExportStep, Pipeline, TrainSettings
+from .job_rows import TrackedJob, jobs_of, last_sent
 
-__all__ = ["Decision", "TrainSideCounts", "decide", "split_rules", "train_side_counts"]
+__all__ = [
+    "Decision",
+    "TrainSideCounts",
+    "current_decision",
+    "decide",
+    "split_rules",
+    "train_side_counts",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,17 @@ def decide(
             left = _duration(wait_until - now)
             return Decision(False, f"{enough}, but min_interval leaves {left} to wait", have, needed)
     return Decision(True, f"{enough}, launching", have, needed)
+
+
+def current_decision(conn: Connection, pipeline: Pipeline, dataset: sa.Row[Any], now: datetime) -> Decision:
+    """The thresholds' verdict on ``pipeline``'s ``dataset`` row as the store has it now."""
+    history = jobs_of(conn, pipeline.name)
+    last = last_sent(history)
+    unfinished = next((job for job in history if not job.finished), None)
+    rules = split_rules(dataset.settings, pipeline.export)
+    after = last.dataset_version if last is not None else None
+    counts = train_side_counts(conn, int(dataset.id), int(dataset.version), rules, after)
+    return decide(pipeline.training(), counts, int(dataset.version), last, unfinished, now)
 
 
 def split_rules(dataset_settings: str, export: ExportStep) -> SplitRules:

@@ -10,30 +10,44 @@ try. ``watch`` stops between steps when asked (SIGTERM, SIGINT), never in the mi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from ..datasets import require_dataset
+from ..datasets import require_dataset, step_time
 from ..errors import FlywheelError, UsageError
 from ..query import connect
 from . import jobs
 from .config import FlywheelConfig, Pipeline
-from .jobs import PREPARING, TrackedJob
-from .launch import LaunchOutcome, launch, resume
+from .jobs import PREPARING
+from .launch import Clock, LaunchOutcome, launch, resume
 from .pipeline_lock import pipeline_lock
 from .poll import PollResult, poll_jobs
 from .providers.base import TransientProviderError
 from .steps import StepsResult, run_steps
-from .thresholds import Decision, decide, split_rules, train_side_counts
+from .thresholds import Decision, current_decision
 
-__all__ = ["PassResult", "PipelineOutcome", "Watcher", "run_pass", "train_now"]
+__all__ = ["PassResult", "PipelineOutcome", "Watcher", "decisions_to", "run_pass", "train_now"]
 
 log = logging.getLogger("flywheel.watch")
+
+
+@contextlib.contextmanager
+def decisions_to(handler: logging.Handler, level: int = logging.INFO) -> Iterator[None]:
+    """Send what the watcher decides and why (the ``flywheel.watch`` log) to ``handler`` meanwhile."""
+    previous = log.level
+    log.addHandler(handler)
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous)
+
 
 BACKOFF_FIRST_S = 30.0
 BACKOFF_MAX_S = 1800.0
@@ -83,10 +97,6 @@ class PassResult:
         }
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Watcher:
     """Runs passes; remembers each pipeline's backoff between them; stops when ``stop()`` is called."""
 
@@ -97,7 +107,7 @@ class Watcher:
         *,
         pipelines: Sequence[str] = (),
         workers: int = 1,
-        clock: Callable[[], datetime] = _now,
+        clock: Clock = step_time,
     ) -> None:
         for name in pipelines:
             config.pipeline(name)  # unknown names fail before anything runs
@@ -155,7 +165,7 @@ class Watcher:
         if self.stopping:
             result.stopped = True
             return result
-        result.polled = poll_jobs(self.database_url, now=self.clock)
+        result.polled = poll_jobs(self.database_url, clock=self.clock)
         return result
 
     def loop(self, interval: float, passes: int | None = None) -> int:
@@ -180,20 +190,22 @@ class Watcher:
             return
         with connect(self.database_url) as conn:
             pending = jobs.unfinished_jobs(conn, pipeline.name)
-        stuck = [job for job in pending if job.status == PREPARING]
-        if stuck:  # a launch left half-done comes before any new one
+            stuck = next((job for job in pending if job.status == PREPARING), None)
+            if stuck is None:
+                dataset = require_dataset(conn, pipeline.dataset)
+                outcome.decision = current_decision(conn, pipeline, dataset, self.clock())
+        if stuck is not None:  # a launch left half-done comes before any new one
             outcome.launch = resume(
                 self.database_url,
-                self.config,
                 pipeline,
-                stuck[0],
+                stuck,
                 claimed_by=self.claimant,
                 workers=self.workers,
                 clock=self.clock,
             )
             log.info("%s: %s", pipeline.name, outcome.launch.message)
             return
-        outcome.decision = self._decide(pipeline, pending[-1] if pending else None)
+        assert outcome.decision is not None
         log.info("%s: %s", pipeline.name, outcome.decision.reason)
         if outcome.decision.launch and not self.stopping:
             outcome.launch = launch(
@@ -206,17 +218,6 @@ class Watcher:
             )
             log.info("%s: %s", pipeline.name, outcome.launch.message)
 
-    def _decide(self, pipeline: Pipeline, unfinished: TrackedJob | None) -> Decision:
-        train = pipeline.train
-        assert train is not None
-        with connect(self.database_url) as conn:
-            dataset = require_dataset(conn, pipeline.dataset)
-            last = _last_sent(jobs.jobs_of(conn, pipeline.name))
-            rules = split_rules(dataset.settings, pipeline.export)
-            after = last.dataset_version if last is not None else None
-            counts = train_side_counts(conn, int(dataset.id), int(dataset.version), rules, after)
-        return decide(train, counts, int(dataset.version), last, unfinished, self.clock())
-
     def _back_off(self, name: str, retry_after: float | None) -> float:
         previous = self._backoff.get(name, (0.0, 0.0))[1]
         wait = min(BACKOFF_MAX_S, previous * 2 if previous else BACKOFF_FIRST_S)
@@ -224,11 +225,6 @@ class Watcher:
             wait = max(wait, retry_after)
         self._backoff[name] = (time.monotonic() + wait, wait)
         return wait
-
-
-def _last_sent(history: Sequence[TrackedJob]) -> TrackedJob | None:
-    """The pipeline's newest job that was meant to train (a refused one never was)."""
-    return next((job for job in history if job.status != jobs.REFUSED), None)
 
 
 def run_pass(
@@ -245,8 +241,7 @@ def train_now(
     thresholds say; never a second job for a dataset version that has a live or succeeded one (a
     version whose job failed, was cancelled or refused gets a new attempt)."""
     pipeline = config.pipeline(name)
-    if pipeline.train is None:
-        raise UsageError(f"pipeline {name!r} has no [pipelines.{name}.train] table", name)
+    pipeline.training()
     with pipeline_lock(database_url, name) as held:
         if not held:
             raise UsageError(f"a watcher is working on pipeline {name} right now; try again", name)
@@ -257,7 +252,7 @@ def train_now(
             pending = jobs.unfinished_jobs(conn, pipeline.name)
         attempt = 1
         if existing is not None:
-            if existing.status not in ("failed", "cancelled", jobs.REFUSED):
+            if existing.status not in jobs.RETRYABLE:
                 raise UsageError(
                     f"dataset {pipeline.dataset} version {existing.dataset_version} already has job "
                     f"{existing.id} ({existing.status}); a new job needs new data",

@@ -4,6 +4,7 @@ See ``base`` for the interface and ``registry`` for how a provider is found by n
 """
 
 from .base import (
+    JOB_METADATA_KEY,
     RUNNING_STATUSES,
     STATUSES,
     TERMINAL_STATUSES,
@@ -17,11 +18,13 @@ from .base import (
     ProviderSettings,
     TrainingFiles,
     TransientProviderError,
+    export_sides,
 )
 from .registry import ENTRY_POINT_GROUP, available_providers, provider_class
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "JOB_METADATA_KEY",
     "RUNNING_STATUSES",
     "STATUSES",
     "TERMINAL_STATUSES",
@@ -36,5 +39,6 @@ __all__ = [
     "TrainingFiles",
     "TransientProviderError",
     "available_providers",
+    "export_sides",
     "provider_class",
 ]

@@ -41,6 +41,7 @@ __all__ = [
     "MARKER",
     "boot_id",
     "process_identity",
+    "process_running",
     "read_record",
     "utc_now",
     "write_record",
@@ -91,6 +92,24 @@ def process_identity(pid: int) -> tuple[int, str] | None:
         return int(fields[19]), fields[0]
     except (IndexError, ValueError):
         return None
+
+
+def process_running(pid: int, start: int | None = None) -> bool:
+    """Whether process ``pid`` runs (and, given ``start``, is the one that started then: a reused
+    pid is another process). A zombie has ended. Without ``/proc`` the pid is all there is."""
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, someone else's
+            return True
+        return True
+    identity = process_identity(pid)
+    if identity is None:
+        return False
+    started, state = identity
+    return state not in ("Z", "X", "x") and (start is None or started == start)
 
 
 def boot_id() -> str | None:

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict
 from ...errors import FlywheelError
 
 __all__ = [
+    "JOB_METADATA_KEY",
     "RUNNING_STATUSES",
     "STATUSES",
     "TERMINAL_STATUSES",
@@ -50,9 +51,20 @@ __all__ = [
     "ProviderSettings",
     "TrainingFiles",
     "TransientProviderError",
+    "export_sides",
 ]
 
 Method = Literal["supervised", "dpo"]
+
+JOB_METADATA_KEY = "flywheel_job"
+"""The metadata key that carries the flywheel's idempotency key on a provider's job."""
+
+
+def export_sides(method: Method | str) -> tuple[str, str]:
+    """The export's (training, held-out) sides a method trains on, as named in its manifest's
+    ``counts`` and ``validation`` and in its file names: chat examples, or DPO's preference pairs."""
+    return ("preference_train", "preference_test") if method == "dpo" else ("train", "test")
+
 
 STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
 """The statuses a job can have: OpenAI's words, which every provider maps its own onto."""
@@ -107,10 +119,10 @@ class TrainingFiles:
 
     def training_file(self, method: Method) -> Path:
         """The file to train on: chat examples, or preference pairs for DPO."""
-        return self.preference_train if method == "dpo" else self.train
+        return self.directory / f"{export_sides(method)[0]}.jsonl"
 
     def validation_file(self, method: Method) -> Path:
-        return self.preference_test if method == "dpo" else self.test
+        return self.directory / f"{export_sides(method)[1]}.jsonl"
 
 
 @dataclass(frozen=True, slots=True)

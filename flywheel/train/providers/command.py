@@ -333,23 +333,11 @@ def _alive(record: Mapping[str, Any]) -> bool:
     pid = record.get("pid")
     if not isinstance(pid, int):
         return False
-    if not Path("/proc/self/stat").exists():  # no /proc (macOS): the pid is all there is
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
     recorded_boot = record.get("boot_id")
     if recorded_boot is not None and recorded_boot != _detached.boot_id():
         return False
-    identity = _detached.process_identity(pid)
-    if identity is None:
-        return False
-    start, state = identity
-    # A runner whose parent (init) has not reaped it yet is a zombie: it has ended.
-    return start == record.get("process_start") and state not in ("Z", "X", "x")
+    start = record.get("process_start")
+    return _detached.process_running(pid, start if isinstance(start, int) else None)
 
 
 def _has_files(directory: Path) -> bool:

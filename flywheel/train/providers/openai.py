@@ -20,6 +20,7 @@ import openai
 from pydantic import Field
 
 from .base import (
+    JOB_METADATA_KEY,
     JobEvent,
     JobHandle,
     JobRequest,
@@ -31,7 +32,7 @@ from .base import (
     TransientProviderError,
 )
 
-__all__ = ["JOB_METADATA_KEY", "OpenAIProvider", "OpenAISettings"]
+__all__ = ["OpenAIProvider", "OpenAISettings"]
 
 
 class OpenAISettings(ProviderSettings):
@@ -211,8 +212,6 @@ class OpenAIProvider(Provider):
         )
 
 
-JOB_METADATA_KEY = "flywheel_job"
-"""The metadata key that carries the flywheel's idempotency key on the provider's job."""
 _MAX_LISTED = 1000
 """At most this many jobs or events are read in one look (newest first)."""
 
