@@ -53,10 +53,14 @@ __all__ = [
     "dataset_versions",
     "datasets",
     "entry_outputs",
+    "eval_judgments",
+    "eval_outputs",
+    "eval_runs",
     "exports",
     "fine_tune_job_events",
     "fine_tune_jobs",
     "metadata",
+    "promotions",
 ]
 
 NAMING_CONVENTION = {
@@ -322,6 +326,74 @@ fine_tune_job_events = Table(
     Column("provider_event_id", String(256), nullable=True, comment="The provider's id; unique per job."),
     Index(None, "job_id", "created_at"),
     Index(None, "job_id", "provider_event_id", unique=True),
+)
+
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("id", String(32), primary_key=True, comment="Run id; its calls carry the tag flywheel_eval=<id>."),
+    Column("pipeline", String(200), nullable=False, comment="The flywheel.toml pipeline evaluated."),
+    Column("dataset_id", Integer, ForeignKey("datasets.id", ondelete="RESTRICT"), nullable=False),
+    Column("dataset_version", Integer, nullable=False, comment="The exported version whose test split ran."),
+    Column("export_id", Integer, ForeignKey("exports.id", ondelete="RESTRICT"), nullable=False),
+    Column("status", String(16), nullable=False, comment="running, finished or failed."),
+    Column("candidates", RawJSON(), nullable=False, comment="Each candidate: name, model, few_shot (JSON)."),
+    Column("judge", String(256), nullable=True, comment="The judge model, when judged."),
+    Column("seed", Integer, nullable=False, comment="Seeds the judge's order and few-shot picks."),
+    Column("settings", RawJSON(), nullable=False, comment="Scorers, concurrency, judge options (JSON)."),
+    Column("examples", Integer, nullable=False, comment="Size of the test split."),
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index(None, "pipeline", "created_at"),
+)
+
+eval_outputs = Table(
+    "eval_outputs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), ForeignKey("eval_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("candidate", String(300), nullable=False, comment="Model, or model+Kshot for a few-shot run."),
+    Column("call_id", String(32), nullable=False, comment="The test example (the app's recorded call)."),
+    Column("eval_call_id", String(32), nullable=True, comment="The candidate's recorded call."),
+    Column("output", RawJSON(), nullable=True, comment="The candidate's assistant message (JSON)."),
+    Column("error", Text, nullable=True, comment="Why there is no output."),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # Resume: one output per run, candidate and example, however often the run restarts.
+    Index(None, "run_id", "candidate", "call_id", unique=True),
+)
+
+eval_judgments = Table(
+    "eval_judgments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), ForeignKey("eval_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("candidate", String(300), nullable=False),
+    Column("opponent", String(300), nullable=False, comment="reference, or another candidate."),
+    Column("call_id", String(32), nullable=False, comment="The test example."),
+    Column("shown_first", String(16), nullable=False, comment="candidate or opponent: the order shown."),
+    Column("verdict", String(8), nullable=False, comment="win, tie or loss, for the candidate."),
+    Column("identical", Boolean, nullable=False, comment="Same output: a tie, no judge call made."),
+    Column("reasoning", Text, nullable=True, comment="The judge's words."),
+    Column("judge_call_id", String(32), nullable=True, comment="The judge's recorded call."),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index(None, "run_id", "candidate", "opponent", "call_id", "shown_first", unique=True),
+)
+
+promotions = Table(
+    "promotions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pipeline", String(200), nullable=False),
+    Column("model", String(512), nullable=False, comment="The pipeline's current model from now on."),
+    Column("previous_model", String(512), nullable=True, comment="The one it replaced."),
+    Column("action", String(16), nullable=False, comment="promote or rollback."),
+    Column("reason", Text, nullable=True, comment="Who or what decided, and on which numbers."),
+    Column("eval_run_id", String(32), nullable=True, comment="The eval run behind an automatic promotion."),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # The current model of a pipeline is its newest row: found by this index.
+    Index(None, "pipeline", "id"),
 )
 
 # Views, per dialect. Kept as SQL text: they are created by the migrations and documented in
