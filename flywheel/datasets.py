@@ -69,6 +69,10 @@ CHAT_ENDPOINT = "/chat/completions"
 ANALYZE_FROM = 10_000
 """New entries from which ``dataset create``/``update`` refresh PostgreSQL's statistics of the table."""
 TEACHER_TAG = "flywheel_relabel"
+EVAL_TAG = "flywheel_eval"
+"""Tag of every call an evaluation makes (candidates and judge): ``flywheel_eval=<run id>``."""
+FLYWHEEL_CALL_TAGS = (TEACHER_TAG, EVAL_TAG)
+"""Calls the flywheel makes itself; they never become training data."""
 """The tag on the calls ``flywheel relabel`` makes: never taken into a dataset."""
 
 
@@ -373,13 +377,13 @@ def _take_in(
 
 def _trainable() -> list[ColumnElement[bool]]:
     """Calls a fine-tuning example can be made of: answered chat completions, read to the end, that
-    the app made (not the flywheel's own teacher calls, tagged ``flywheel_relabel``)."""
+    the app made (not the flywheel's own teacher and evaluation calls, ``FLYWHEEL_CALL_TAGS``)."""
     return [
         calls.c.endpoint == CHAT_ENDPOINT,
         calls.c.status_code.between(200, 299),
         calls.c.complete.is_(True),
         calls.c.response.is_not(None),
-        ~sa.exists().where(call_tags.c.call_id == calls.c.id, call_tags.c.key == TEACHER_TAG),
+        ~sa.exists().where(call_tags.c.call_id == calls.c.id, call_tags.c.key.in_(FLYWHEEL_CALL_TAGS)),
     ]
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "learn_boilerplate",
     "lsh_bands",
     "near_duplicate_clusters",
+    "sketch_texts",
 ]
 
 K = TypeVar("K", bound=Hashable)
@@ -255,6 +256,15 @@ def near_duplicate_clusters(
         return []
     labels = _components(np.concatenate(signatures), band_keys, threshold)
     return _groups(keys, labels)
+
+
+def sketch_texts(texts: Sequence[str], *, boilerplate: Boilerplate) -> NDArray[np.uint8]:
+    """The b-bit MinHash signatures ``(len(texts), NUM_BINS)`` that clustering compares: the share of
+    equal slots of two signatures estimates the Jaccard similarity of the texts (for ranking, e.g.
+    the most similar training inputs; ``near_duplicate_clusters`` does the thresholded search)."""
+    frequent = np.array(sorted(boilerplate.shingles), dtype=np.uint64)
+    _, rows = lsh_bands(DEFAULT_THRESHOLD)
+    return _sketches(list(texts), boilerplate, frequent, rows)[0]
 
 
 def choose_representative(cluster: Sequence[K], exported: Collection[K] = ()) -> K:

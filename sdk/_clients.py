@@ -7,7 +7,8 @@ Nothing here patches ``openai`` globally. Recording happens in the client's own 
   ``RecordOptions`` and the merged tags to ``request.extensions`` and removes the private per-call
   tag header;
 - resource objects reached from a recording client (``client.chat.completions`` ...) belong to a
-  subclass of their own class whose public methods accept ``tags=`` and turn it into that header.
+  subclass of their own class whose public methods accept ``tags=`` and turn it into that header,
+  and send ``model="flywheel:NAME"`` as the pipeline's current model (``_routing``).
   ``isinstance`` checks, return values, exceptions and stream classes are untouched.
 """
 
@@ -24,6 +25,7 @@ from openai._resource import AsyncAPIResource, SyncAPIResource
 
 from . import _config, _health
 from ._exchange import RecordOptions
+from ._routing import ROUTE_PREFIX, route_call, route_call_async
 from ._tags import TAG_HEADER, coerce_tags, context_tags, merge_tags, parse_tag_header, tag_header_value
 from ._transport import EXTENSION, install
 
@@ -53,6 +55,9 @@ def _tagging_method(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(fn)
         async def async_method(self: Any, *args: Any, tags: object = None, **kwargs: Any) -> Any:
+            model = kwargs.get("model")
+            if isinstance(model, str) and model.startswith(ROUTE_PREFIX):
+                tags = await route_call_async(self, kwargs, tags)
             if tags is not None:
                 _with_tags(kwargs, tags)
             return await fn(self, *args, **kwargs)
@@ -61,6 +66,9 @@ def _tagging_method(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def method(self: Any, *args: Any, tags: object = None, **kwargs: Any) -> Any:
+        model = kwargs.get("model")
+        if isinstance(model, str) and model.startswith(ROUTE_PREFIX):
+            tags = route_call(self, kwargs, tags)
         if tags is not None:
             _with_tags(kwargs, tags)
         return fn(self, *args, **kwargs)

@@ -10,7 +10,9 @@
 | ``FLYWHEEL_FLUSH_INTERVAL`` | ``0.5`` | Seconds between the background writer's batches. |
 | ``FLYWHEEL_PRICES`` | unset | Extra price tables (TOML), ``os.pathsep``-separated, over the built-in one. |
 | ``FLYWHEEL_EXIT_TIMEOUT`` | ``5`` | Seconds to wait at exit for queued records; the rest is spooled. |
-| ``FLYWHEEL_CONFIG`` | ``flywheel.toml`` | The pipelines config the CLI reads (``--config PATH`` wins). |
+| ``FLYWHEEL_CONFIG`` | ``flywheel.toml`` | Pipelines config (``--config PATH`` wins); routing reads it too. |
+| ``FLYWHEEL_ROUTE_REFRESH`` | ``5`` | Seconds between loads of the routes for ``model="flywheel:NAME"``. |
+| ``FLYWHEEL_ROUTE_WAIT`` | ``2`` | Seconds a process's first ``flywheel:NAME`` call waits for them. |
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ __all__ = [
     "max_queue_bytes",
     "max_queue_records",
     "price_files",
+    "route_refresh_interval",
+    "route_wait",
     "spool_dir",
 ]
 
@@ -85,3 +89,14 @@ def exit_timeout() -> float:
 def config_path() -> Path:
     """The pipelines config file: ``$FLYWHEEL_CONFIG``, else ``flywheel.toml`` in the working directory."""
     return Path(os.environ.get("FLYWHEEL_CONFIG") or DEFAULT_CONFIG_FILE)
+
+
+def route_refresh_interval() -> float:
+    """Seconds between two loads of the model routes; a value that is not positive means the default."""
+    value = _number("FLYWHEEL_ROUTE_REFRESH", 5.0)
+    return value if value > 0 else 5.0
+
+
+def route_wait() -> float:
+    """Seconds the first ``flywheel:NAME`` call of a process may wait for the routes to load."""
+    return max(0.0, _number("FLYWHEEL_ROUTE_WAIT", 2.0))

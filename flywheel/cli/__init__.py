@@ -14,7 +14,7 @@ from ._base import cli, db_option, filter_options, json_option, main
 # Each module registers its commands on ``cli`` when imported; ``flywheel --help`` lists them in
 # this order.
 # isort: off
-from . import _store, _datasets, _steps, _config, _train, _mock  # noqa: F401
+from . import _store, _datasets, _steps, _config, _train, _eval, _drift, _promote, _mock  # noqa: F401
 # isort: on
 
 __all__ = ["cli", "db_option", "filter_options", "json_option", "main"]

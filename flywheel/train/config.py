@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config_errors import ConfigError, ConfigProblem
+from .config_eval import EvalSettings, PromoteSettings
 from .config_load import config_path, load_config, parse_config
 from .config_pipeline import FlywheelConfig, Pipeline, TrainSettings
 from .config_steps import DedupStep, ExportStep, Hyperparameters, PruneStep, RelabelStep
@@ -38,10 +39,12 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "DedupStep",
+    "EvalSettings",
     "ExportStep",
     "FlywheelConfig",
     "Hyperparameters",
     "Pipeline",
+    "PromoteSettings",
     "PruneStep",
     "RelabelStep",
     "TrainSettings",
@@ -70,6 +73,8 @@ def describe_pipeline(pipeline: Pipeline) -> dict[str, Any]:
         **steps,
         "export": pipeline.export.model_dump(mode="json"),
         "train": None,
+        "eval": pipeline.eval.model_dump(mode="json"),
+        "promote": None if pipeline.promote is None else pipeline.promote.model_dump(mode="json"),
     }
     train = pipeline.train
     if train is not None:

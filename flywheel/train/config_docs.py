@@ -40,6 +40,7 @@ from .config import (
     parse_config,
 )
 from .config_errors import toml_keys
+from .config_eval import EvalSettings, PromoteSettings
 from .config_steps import TypeLabel
 from .providers.registry import provider_class
 
@@ -140,6 +141,8 @@ def render_config_reference() -> str:
         _model_section("### `[pipelines.NAME.train]`", TrainSettings, _train_note()),
         _model_section("### `hyperparameters`", Hyperparameters, _first_paragraph(Hyperparameters)),
         *(_provider_section(name) for name in BUILT_IN_PROVIDERS),
+        _model_section("### `[pipelines.NAME.eval]`", EvalSettings, _first_paragraph(EvalSettings)),
+        _model_section("### `[pipelines.NAME.promote]`", PromoteSettings, _first_paragraph(PromoteSettings)),
         _errors_section(),
     ]
     return "\n\n".join(part.rstrip("\n") for part in parts) + "\n"

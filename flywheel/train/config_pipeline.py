@@ -29,6 +29,7 @@ from ..datasets import NAME_PATTERN
 from ..errors import UsageError
 from ..query import CallFilter
 from .config_errors import InvalidKey, did_you_mean
+from .config_eval import EvalSettings, PromoteSettings
 from .config_steps import (
     MODEL_CONFIG,
     DedupStep,
@@ -149,6 +150,8 @@ class Pipeline(BaseModel):
         prune: see below.
         export: see below.
         train: see below; without it, the pipeline only keeps its dataset up to date.
+        eval: see below.
+        promote: see below; without it, ``watch`` never switches the pipeline's model.
     """
 
     model_config = MODEL_CONFIG
@@ -162,6 +165,8 @@ class Pipeline(BaseModel):
     prune: PruneStep | None = None
     export: ExportStep = ExportStep()
     train: TrainSettings | None = None
+    eval: EvalSettings = EvalSettings()
+    promote: PromoteSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -188,6 +193,11 @@ class Pipeline(BaseModel):
             raise InvalidKey((), f"invalid pipeline name {self.name!r}: {rule}")
         if not NAME_PATTERN.fullmatch(self.dataset):
             raise InvalidKey(("dataset",), f"invalid dataset name {self.dataset!r}: {rule}")
+        if self.promote is not None:
+            if self.train is None:
+                raise InvalidKey(("promote",), "needs a train table: only trained models are promoted")
+            if self.promote.metric == "judge" and self.eval.judge is None:
+                raise InvalidKey(("promote", "metric"), '"judge" needs a judge model: set eval.judge')
         return self
 
 

@@ -1,0 +1,511 @@
+"""``flywheel eval NAME --models A,B``: every candidate answers every example of the test split.
+
+A run is a row of ``eval_runs`` (its id is the tag ``flywheel_eval=<run id>`` on every call it
+makes, through ``sdk.AsyncOpenAI``, so the calls are recorded like the app's and never become
+training data: ``flywheel.datasets`` leaves tagged calls out). Each answer is an ``eval_outputs``
+row, committed in small batches as answers arrive.
+
+Resuming: a run is finished when every candidate has a row for every example (and the judge, if
+any, has judged). Started again with the same pipeline, export, candidates and judge, the newest
+unfinished run is continued (``run_id`` names one explicitly): the examples that have a row are not
+asked again, so a run killed at any moment (SIGKILL included) repeats no finished item; it repeats
+at most the answers in flight and the batch not yet committed. The unique index on
+``(run_id, candidate, call_id)`` makes that hold even for two processes continuing one run.
+
+Failures: 401/403/404 stop the run with an ``EvalError`` naming the model (every example would fail
+alike). A request the API rejects for that example (another 4xx) is stored as the example's
+``error`` and scores as a wrong answer: the model cannot answer it. Timeouts, connection errors
+and 429/5xx after ``openai``'s own retries are not stored: the example is asked again next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+import openai
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+import sdk
+from sdk.schema import call_tags, calls, eval_outputs, eval_runs, fine_tune_jobs
+
+from ..datasets import EVAL_TAG, step_time, write_transaction
+from ..errors import FlywheelError, UsageError
+from ..finetune_format import UnconvertibleCallError, output_message
+from ..query import connect
+from ..train.config import Pipeline
+from .candidates import REFERENCE, Candidate, candidate_request, candidates_for
+from .examples import Example, ExportedSplit, examples_of, export_by_id, newest_export
+from .fewshot import Selection, ShotPicker
+from .judge import default_bias_size
+from .judging import JudgePair, judge_pairs
+
+__all__ = [
+    "TAG_CANDIDATE",
+    "TAG_EXAMPLE",
+    "EvalError",
+    "EvalProgress",
+    "EvalResult",
+    "run_eval",
+    "run_eval_async",
+]
+
+TAG_CANDIDATE = "flywheel_candidate"
+TAG_EXAMPLE = "flywheel_example"
+BATCH_SIZE = 16
+COMMIT_INTERVAL_S = 1.0
+FLUSH_TIMEOUT_S = 10.0
+MAX_FAILURES_LISTED = 20
+FEW_SHOT_POOL = 2000
+"""Training examples considered for few-shot picks (a deterministic sample of a bigger train side)."""
+_STOPS_THE_RUN = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
+_RETRIED_LATER = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
+
+ClientFactory = Callable[[], openai.AsyncOpenAI]
+
+
+class EvalError(FlywheelError):
+    """The API refused a candidate as a whole (bad key, no such model); the run stopped, resumable."""
+
+
+@dataclass(frozen=True, slots=True)
+class EvalProgress:
+    """Passed to ``progress`` after each commit."""
+
+    done: int
+    failed: int
+    total: int
+
+
+@dataclass(slots=True)
+class EvalResult:
+    """What a run did: its id, what it asked, what was already there."""
+
+    run_id: str
+    pipeline: str
+    dataset_version: int
+    examples: int
+    candidates: list[str]
+    resumed: bool = False
+    asked: int = 0
+    answered: int = 0
+    rejected: int = 0
+    """Examples whose request the API rejected (stored as errors, scored as wrong)."""
+    skipped: int = 0
+    """Already answered before this run started (a resumed run)."""
+    failed: int = 0
+    """Left for the next run (timeouts, 5xx): not stored."""
+    failures: list[str] = field(default_factory=list)
+    judged: dict[str, Any] | None = None
+    finished: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "dataset_version": self.dataset_version,
+            "examples": self.examples,
+            "candidates": self.candidates,
+            "resumed": self.resumed,
+            "asked": self.asked,
+            "answered": self.answered,
+            "rejected": self.rejected,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "failures": self.failures,
+            "judged": self.judged,
+            "finished": self.finished,
+        }
+
+
+def run_eval(database_url: str, pipeline: Pipeline, models: Sequence[str], **options: Any) -> EvalResult:
+    """``run_eval_async`` in a new event loop (not callable from inside a running one)."""
+    return asyncio.run(run_eval_async(database_url, pipeline, models, **options))
+
+
+async def run_eval_async(
+    database_url: str,
+    pipeline: Pipeline,
+    models: Sequence[str],
+    *,
+    judge: str | None = None,
+    few_shot: int | None = None,
+    few_shot_select: Selection | None = None,
+    seed: int | None = None,
+    concurrency: int | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    run_id: str | None = None,
+    client_factory: ClientFactory | None = None,
+    progress: Callable[[EvalProgress], None] | None = None,
+    now: datetime | None = None,
+) -> EvalResult:
+    """Run (or continue) an evaluation of ``models`` on ``pipeline``'s test split.
+
+    Options not given come from ``[pipelines.NAME.eval]``. ``base_url``/``api_key``: the
+    OpenAI-compatible API the candidates and the judge answer on (default: the eval table's
+    ``base_url`` and ``api_key_env``, else ``OPENAI_BASE_URL``/``OPENAI_API_KEY``).
+    ``client_factory`` makes the client instead (Azure, tests); a plain ``openai`` client is
+    wrapped to record into ``database_url``. ``run_id`` continues that run.
+    """
+    settings = pipeline.eval
+    k = settings.few_shot if few_shot is None else few_shot
+    if k < 0:
+        raise UsageError(f"must be at least 0, got {k}", "--few-shot")
+    width = settings.concurrency if concurrency is None else concurrency
+    if width < 1:
+        raise UsageError(f"must be at least 1, got {width}", "--concurrency")
+    judge = settings.judge if judge is None else (judge or None)
+    selection: Selection = few_shot_select or settings.few_shot_select
+    with connect(database_url) as conn:
+        candidates = candidates_for(models, k, _fine_tuned_models(conn, pipeline.name))
+        run = _open_run(conn, pipeline, candidates, judge, selection, seed, run_id, step_time(now))
+        split = export_by_id(conn, run.export_id)
+        examples = list(examples_of(conn, split))
+        conn.commit()
+        result = EvalResult(
+            run.id, pipeline.name, split.dataset_version, len(examples), [c.name for c in run.candidates]
+        )
+        result.resumed = run.resumed
+        picker = _shot_picker(conn, split, run, selection)
+        client = _client(database_url, client_factory, base_url or settings.base_url, api_key, settings)
+        try:
+            client = client.with_options(max_retries=settings.max_retries, timeout=settings.timeout)
+            asker = _Asker(conn, run, result, picker, progress, now)
+            await asker.drive(client, examples, width)
+            _link_calls(conn, run.id)
+            if judge is not None:
+                pairs = _judge_pairs(conn, run, examples)
+                bias = default_bias_size(len(examples), settings.bias_sample) if settings.bias_sample else 0
+                tally = await judge_pairs(
+                    conn, client, run_id=run.id, judge_model=judge, pairs=pairs, seed=run.seed,
+                    bias_size=bias, concurrency=width, now=now,
+                )  # fmt: skip
+                result.judged = tally.as_dict()
+            result.finished = result.failed == 0 and (result.judged is None or not result.judged["failed"])
+            _close_run(conn, run.id, result.finished, step_time(now))
+        finally:
+            await client.close()
+    return result
+
+
+# --- the run row ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _RunRow:
+    id: str
+    export_id: int
+    candidates: list[Candidate]
+    seed: int
+    resumed: bool
+
+
+def _open_run(
+    conn: Connection,
+    pipeline: Pipeline,
+    candidates: list[Candidate],
+    judge: str | None,
+    selection: Selection,
+    seed: int | None,
+    run_id: str | None,
+    moment: datetime,
+) -> _RunRow:
+    """The run to continue (``run_id``, or the newest unfinished one with the same plan), else a new one."""
+    r = eval_runs.c
+    spec = [candidate.as_dict() for candidate in candidates]
+    if run_id is not None:
+        row = conn.execute(sa.select(eval_runs).where(r.id == run_id)).one_or_none()
+        if row is None or row.pipeline != pipeline.name:
+            raise UsageError(f"no eval run {run_id!r} for pipeline {pipeline.name!r}", "--run")
+        stored = [Candidate.from_dict(item) for item in orjson.loads(row.candidates)]
+        return _RunRow(row.id, row.export_id, stored, row.seed, True)
+    split = newest_export(conn, pipeline.dataset, pipeline=pipeline.name)
+    plan = {"few_shot_select": selection}
+    for row in conn.execute(
+        sa.select(eval_runs)
+        .where(r.pipeline == pipeline.name, r.export_id == split.export_id, r.status != "finished")
+        .order_by(r.created_at.desc())
+    ):
+        same = orjson.loads(row.candidates) == spec and row.judge == judge and seed in (None, row.seed)
+        if same and orjson.loads(row.settings).get("few_shot_select") == plan["few_shot_select"]:
+            return _RunRow(row.id, row.export_id, candidates, row.seed, True)
+    new_id = uuid.uuid4().hex
+    chosen = secrets.randbelow(2**31) if seed is None else seed
+    with write_transaction(conn):
+        conn.execute(
+            sa.insert(eval_runs).values(
+                id=new_id, pipeline=pipeline.name, dataset_id=split.dataset_id,
+                dataset_version=split.dataset_version, export_id=split.export_id, status="running",
+                candidates=orjson.dumps(spec).decode(), judge=judge, seed=chosen,
+                settings=orjson.dumps({**plan, "scorers": list(pipeline.eval.scorers)}).decode(),
+                examples=len(split.test), created_at=moment, updated_at=moment,
+            )
+        )  # fmt: skip
+    return _RunRow(new_id, split.export_id, candidates, chosen, False)
+
+
+def _judge_pairs(conn: Connection, run: _RunRow, examples: Sequence[Example]) -> list[JudgePair]:
+    """Each candidate's stored answer beside the reference, per example it answered."""
+    o = eval_outputs.c
+    stored: dict[tuple[str, str], dict[str, Any] | None] = {
+        (candidate, call_id): None if output is None else orjson.loads(output)
+        for candidate, call_id, output in conn.execute(
+            sa.select(o.candidate, o.call_id, o.output).where(o.run_id == run.id)
+        )
+    }
+    conn.commit()
+    return [
+        JudgePair(
+            call_id=example.call_id,
+            candidate=candidate.name,
+            opponent=REFERENCE,
+            messages=example.messages,
+            tools=example.request.get("tools"),
+            candidate_output=stored[(candidate.name, example.call_id)],
+            opponent_output=example.reference,
+        )
+        for candidate in run.candidates
+        for example in examples
+        if (candidate.name, example.call_id) in stored
+    ]
+
+
+def _close_run(conn: Connection, run_id: str, finished: bool, moment: datetime) -> None:
+    values: dict[str, Any] = {"updated_at": moment}
+    if finished:
+        values.update(status="finished", finished_at=moment, error=None)
+    with write_transaction(conn):
+        conn.execute(sa.update(eval_runs).where(eval_runs.c.id == run_id).values(**values))
+
+
+def mark_failed(database_url: str, run_id: str, error: str) -> None:
+    """Record why a run stopped (it stays resumable)."""
+    with connect(database_url) as conn, write_transaction(conn):
+        conn.execute(
+            sa.update(eval_runs)
+            .where(eval_runs.c.id == run_id, eval_runs.c.status != "finished")
+            .values(status="failed", error=error, updated_at=step_time())
+        )
+
+
+def _fine_tuned_models(conn: Connection, pipeline: str) -> list[str]:
+    j = fine_tune_jobs.c
+    rows = conn.execute(
+        sa.select(j.fine_tuned_model).where(j.pipeline == pipeline, j.fine_tuned_model.is_not(None))
+    ).scalars()
+    return [str(model) for model in rows]
+
+
+def _shot_picker(conn: Connection, split: ExportedSplit, run: _RunRow, selection: Selection) -> ShotPicker:
+    k = max((candidate.few_shot for candidate in run.candidates), default=0)
+    if k <= 0:
+        return ShotPicker([], 0, selection, run.seed)
+    train = split.train
+    if len(train) > FEW_SHOT_POOL:  # a deterministic sample: the same pool when the run resumes
+        step = len(train) / FEW_SHOT_POOL
+        train = tuple(train[int(i * step)] for i in range(FEW_SHOT_POOL))
+    pool = list(examples_of(conn, ExportedSplit(split.export_id, split.dataset_id, split.dataset,
+                                                split.dataset_version, train, train)))  # fmt: skip
+    conn.commit()
+    return ShotPicker(pool, k, selection, run.seed)
+
+
+def _client(
+    database_url: str, factory: ClientFactory | None, base_url: str | None, api_key: str | None, settings: Any
+) -> openai.AsyncOpenAI:
+    if factory is not None:
+        client = factory()
+        if not getattr(type(client), "_flywheel_recording", False):
+            sdk.wrap(client, database_url=database_url)
+        return client
+    key = api_key or os.environ.get(settings.api_key_env)
+    try:
+        return sdk.AsyncOpenAI(api_key=key, base_url=base_url, database_url=database_url)
+    except openai.OpenAIError as exc:
+        raise UsageError(str(exc), settings.api_key_env) from None
+
+
+# --- asking ---------------------------------------------------------------------------------------
+
+
+class _Asker:
+    """Asks each candidate every example it has no row for, committing answers in batches."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        run: _RunRow,
+        result: EvalResult,
+        picker: ShotPicker,
+        progress: Callable[[EvalProgress], None] | None,
+        now: datetime | None,
+    ) -> None:
+        self.conn, self.run, self.result, self.picker = conn, run, result, picker
+        self.progress, self.now = progress, now
+        self.buffer: list[dict[str, Any]] = []
+        self.last_commit = time.monotonic()
+        self.total = 0
+
+    async def drive(self, client: openai.AsyncOpenAI, examples: list[Example], width: int) -> None:
+        o = eval_outputs.c
+        done = {
+            (candidate, call_id)
+            for candidate, call_id in self.conn.execute(
+                sa.select(o.candidate, o.call_id).where(o.run_id == self.run.id)
+            )
+        }
+        self.conn.commit()
+        todo = [
+            (candidate, example)
+            for candidate in self.run.candidates
+            for example in examples
+            if (candidate.name, example.call_id) not in done
+        ]
+        self.result.skipped = len(self.run.candidates) * len(examples) - len(todo)
+        self.total = len(todo)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            for candidate, example in todo:
+                while len(in_flight) >= width:
+                    in_flight = await self._collect(in_flight)
+                in_flight.add(asyncio.create_task(self._ask(client, candidate, example)))
+            while in_flight:
+                in_flight = await self._collect(in_flight)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            self._commit()
+
+    async def _collect(self, in_flight: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+        done, pending = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        errors = [task.exception() for task in done]  # each retrieved, so none is logged as lost
+        error = next((error for error in errors if error is not None), None)
+        if error is not None:
+            in_flight.clear()
+            in_flight.update(pending)
+            raise error
+        if len(self.buffer) >= BATCH_SIZE or time.monotonic() - self.last_commit >= COMMIT_INTERVAL_S:
+            self._commit()
+        return pending
+
+    async def _ask(self, client: openai.AsyncOpenAI, candidate: Candidate, example: Example) -> None:
+        self.result.asked += 1
+        try:
+            body = candidate_request(
+                example, candidate, self.picker.shots(example) if candidate.few_shot else ()
+            )
+        except UnconvertibleCallError as exc:
+            self._store(candidate, example, None, str(exc))
+            return
+        messages = body.pop("messages")
+        del body["model"]
+        tags = {EVAL_TAG: self.run.id, TAG_CANDIDATE: candidate.name, TAG_EXAMPLE: example.call_id}
+        try:
+            completion = await client.chat.completions.create(
+                model=candidate.model,
+                messages=cast(Any, messages),
+                extra_body=body or None,
+                extra_headers=sdk.tag_headers(tags),
+            )
+        except _STOPS_THE_RUN as exc:
+            raise EvalError(
+                f"{candidate.model}: {exc.message}",
+                "--models" if exc.status_code == 404 else "--api-key / OPENAI_API_KEY",
+            ) from None
+        except _RETRIED_LATER as exc:
+            self._failed(f"{candidate.name} / {example.call_id}: {type(exc).__name__}: {exc}")
+            return
+        except openai.APIStatusError as exc:
+            self._store(candidate, example, None, f"HTTP {exc.status_code}: {exc.message}")
+            return
+        except openai.APIError as exc:  # e.g. a body that is not a completion
+            self._failed(f"{candidate.name} / {example.call_id}: {exc}")
+            return
+        try:
+            output: dict[str, Any] | None = output_message(completion.to_dict())
+            error = None
+        except UnconvertibleCallError as exc:
+            output, error = None, str(exc)
+        self._store(candidate, example, output, error)
+
+    def _store(
+        self, candidate: Candidate, example: Example, output: dict[str, Any] | None, error: str | None
+    ) -> None:
+        self.buffer.append(
+            {
+                "run_id": self.run.id,
+                "candidate": candidate.name,
+                "call_id": example.call_id,
+                "output": None if output is None else orjson.dumps(output).decode(),
+                "error": error,
+                "created_at": step_time(self.now),
+            }
+        )
+        if output is None:
+            self.result.rejected += 1
+        else:
+            self.result.answered += 1
+
+    def _failed(self, reason: str) -> None:
+        self.result.failed += 1
+        if len(self.result.failures) < MAX_FAILURES_LISTED:
+            self.result.failures.append(reason)
+
+    def _commit(self) -> None:
+        rows, self.buffer = self.buffer, []
+        self.last_commit = time.monotonic()
+        if rows:
+            with write_transaction(self.conn):
+                self.conn.execute(_insert_new(self.conn).values(rows))
+        if self.progress is not None:
+            done = self.result.answered + self.result.rejected
+            self.progress(EvalProgress(done, self.result.failed, self.total))
+
+
+def _insert_new(conn: Connection) -> Any:
+    """An insert into ``eval_outputs`` that skips rows already there (another process's)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(eval_outputs).on_conflict_do_nothing(
+        index_elements=["run_id", "candidate", "call_id"]
+    )
+
+
+def _link_calls(conn: Connection, run_id: str) -> None:
+    """Fill ``eval_call_id``: each output's answered, recorded call (after a flush)."""
+    if not sdk.flush(timeout=FLUSH_TIMEOUT_S):
+        return
+    run_tag, candidate_tag, example_tag = (call_tags.alias(name) for name in ("r", "c", "e"))
+    found = conn.execute(
+        sa.select(candidate_tag.c.value, example_tag.c.value, calls.c.id)
+        .select_from(
+            run_tag.join(candidate_tag, candidate_tag.c.call_id == run_tag.c.call_id)
+            .join(example_tag, example_tag.c.call_id == run_tag.c.call_id)
+            .join(calls, calls.c.id == run_tag.c.call_id)
+        )
+        .where(
+            run_tag.c.key == EVAL_TAG, run_tag.c.value == run_id,
+            candidate_tag.c.key == TAG_CANDIDATE, example_tag.c.key == TAG_EXAMPLE,
+        )
+        .order_by(calls.c.id)
+    ).all()  # fmt: skip
+    conn.commit()
+    o = eval_outputs.c
+    with write_transaction(conn):
+        for candidate, call_id, eval_call in found:
+            conn.execute(
+                sa.update(eval_outputs)
+                .where(o.run_id == run_id, o.candidate == candidate, o.call_id == call_id)
+                .values(eval_call_id=eval_call)
+            )

@@ -1,0 +1,506 @@
+"""Model routing: ``model="flywheel:NAME"`` is sent as pipeline NAME's current model.
+
+::
+
+    app thread:        create(model="flywheel:classify") ──> dict lookup ──> create(model="ft:...")
+    refresher thread:  every FLYWHEEL_ROUTE_REFRESH s ──> one SELECT on ``promotions`` + flywheel.toml
+                                                   │ ok: new table, saved to <spool>/<key>.routes.json
+                                                   └ store down: keep the last table
+
+A pipeline's current model is the ``model`` of its newest ``promotions`` row; a pipeline with no
+promotion has its configured ``[pipelines.NAME.train].base_model``. One ``RouteTable`` (and one
+daemon thread) per store URL per process.
+
+Invariants:
+- No query, file read or lock on the caller's path. The one exception is the cold start: the
+  first alias call of a process (per store) starts the refresher and waits for its first load, at
+  most ``FLYWHEEL_ROUTE_WAIT`` seconds; every later call is a dict lookup.
+- The table is replaced whole (one attribute assignment), never changed in place: readers take no
+  lock and always see one consistent load.
+- Nothing here raises into the app. A failed refresh keeps the last known routes (logged once per
+  outage, counted as ``routes_refresh_failed``); before any load succeeds, the routes saved by an
+  earlier process are used. A name nobody knows leaves the request unchanged (``routes_unknown``),
+  so the upstream answers it as it would without the SDK.
+- After ``fork`` the child keeps the parent's routes and starts its own refresher on its first
+  alias call; the parent's thread and pooled connections are never used in the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import time
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import _config, _health
+from ._tags import TAG_HEADER, coerce_tags, parse_tag_header
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+__all__ = [
+    "ROUTE_PREFIX",
+    "ROUTE_TAG",
+    "RouteTable",
+    "base_models",
+    "decode_cache",
+    "encode_cache",
+    "route_call",
+    "route_call_async",
+    "route_table",
+    "routed_tags",
+]
+
+ROUTE_PREFIX = "flywheel:"
+ROUTE_TAG = "flywheel_route"
+"""The tag that names the alias on every routed call (the stored ``model`` is the model used)."""
+
+ASYNC_POLL_S = 0.005
+"""How often an async cold start looks whether the first load is done (it must not block the loop)."""
+PG_CONNECT_TIMEOUT_S = 5
+
+Routes = Mapping[str, str]
+
+_cache_files = itertools.count()
+
+
+# --- pure functions ---------------------------------------------------------------------------
+
+
+def base_models(document: Mapping[str, Any]) -> dict[str, str]:
+    """``{pipeline: base_model}`` from a parsed flywheel.toml; pipelines without one are left out."""
+    pipelines = document.get("pipelines")
+    if not isinstance(pipelines, Mapping):
+        return {}
+    found: dict[str, str] = {}
+    for name, table in pipelines.items():
+        train = table.get("train") if isinstance(table, Mapping) else None
+        model = train.get("base_model") if isinstance(train, Mapping) else None
+        if isinstance(name, str) and isinstance(model, str) and model:
+            found[name] = model
+    return found
+
+
+def encode_cache(promoted: Routes) -> bytes:
+    """The saved routes file: the store's answer only (base models are re-read from the config)."""
+    return orjson.dumps({"version": 1, "promoted": dict(promoted)}, option=orjson.OPT_SORT_KEYS)
+
+
+def decode_cache(data: bytes) -> dict[str, str] | None:
+    """Inverse of ``encode_cache``; ``None`` for anything else (a damaged or foreign file)."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict) or document.get("version") != 1:
+        return None
+    promoted = document.get("promoted")
+    if not isinstance(promoted, dict):
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in promoted.items()):
+        return None
+    return promoted
+
+
+def routed_tags(tags: object, extra_headers: object, name: str) -> dict[str, str | None]:
+    """The call's per-call tags with ``flywheel_route=NAME`` on top.
+
+    Tags already in ``extra_headers`` (``sdk.tag_headers(...)``, or the outer call of a helper
+    such as ``.stream()``) are kept below the ``tags=`` keyword, so nothing the caller gave is lost.
+    """
+    layer: dict[str, str | None] = {}
+    if isinstance(extra_headers, Mapping):
+        header = extra_headers.get(TAG_HEADER)
+        if isinstance(header, str):
+            layer.update(parse_tag_header(header))
+    if tags is not None:
+        layer.update(coerce_tags(tags))  # type: ignore[arg-type]  # coerce_tags reports non-mappings
+    layer[ROUTE_TAG] = name
+    return layer
+
+
+# --- I/O at the edges -------------------------------------------------------------------------
+
+
+def _route_engine(url: str) -> Engine:
+    """An engine for reading routes: never creates a SQLite file; few, quickly failing connections."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    parsed = sa.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        # A connection per refresh: nothing held open, so a moved or replaced file is noticed.
+        return sa.create_engine(parsed, poolclass=NullPool)
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        defaults = {
+            "connect_timeout": PG_CONNECT_TIMEOUT_S,
+            "application_name": "flywheel-sdk-routes",
+            # A peer that vanished without closing the connection is noticed in about 10 s.
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+        }
+        connect_args = {key: value for key, value in defaults.items() if key not in parsed.query}
+    return sa.create_engine(parsed, pool_size=1, max_overflow=0, pool_pre_ping=True, connect_args=connect_args)
+
+
+def load_promoted(engine: Engine, url: str) -> dict[str, str]:
+    """The store's current model per promoted pipeline: the newest ``promotions`` row of each."""
+    import sqlalchemy as sa
+
+    from ._store import sqlite_file
+    from .schema import promotions
+
+    path = sqlite_file(sa.make_url(url))
+    if path is not None and not path.is_file():  # connecting would create an empty store
+        raise FileNotFoundError(f"no SQLite store at {path}")
+    newest = promotions.alias("newest")
+    latest_id = (
+        sa.select(sa.func.max(newest.c.id)).where(newest.c.pipeline == promotions.c.pipeline).scalar_subquery()
+    )
+    query = sa.select(promotions.c.pipeline, promotions.c.model).where(promotions.c.id == latest_id)
+    with engine.connect() as conn:
+        return {pipeline: model for pipeline, model in conn.execute(query)}
+
+
+def read_config(path: Path) -> dict[str, str]:
+    """The base models in the config at ``path``; none when there is no such file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    return base_models(tomllib.loads(data.decode()))
+
+
+def read_cache(path: Path) -> dict[str, str] | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return decode_cache(data)
+
+
+def write_cache(path: Path, promoted: Routes) -> None:
+    """Replace the saved routes atomically: a reader sees the old file or the new one, whole."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{next(_cache_files)}.tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(encode_cache(promoted))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
+def _describe(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    one_line = " ".join(str(orig).split())  # driver messages span lines; a log entry should not
+    return f"{type(orig).__name__}: {one_line}"[:500]
+
+
+# --- the route table of one store -------------------------------------------------------------
+
+
+class RouteTable:
+    """The routes of the store at ``database_url``, kept fresh by one background thread."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        refresh_interval: float | None = None,
+        first_wait: float | None = None,
+        spool_dir: Path | None = None,
+    ) -> None:
+        from ._spool import spool_key
+        from ._store import safe_url
+
+        self.database_url = database_url
+        self.display_url = safe_url(database_url)
+        self.refresh_interval = refresh_interval or _config.route_refresh_interval()
+        self.first_wait = first_wait if first_wait is not None else _config.route_wait()
+        self.key = spool_key(database_url)
+        self.cache_path = (spool_dir or _config.spool_dir()) / f"{self.key}.routes.json"
+        self.routes: Routes = {}
+        """What ``resolve`` answers from: base models overlaid by the store's (or the cache's) promotions."""
+        self._promoted: dict[str, str] | None = None  # the store's last answer (or the cache's)
+        self._saved: dict[str, str] | None = None  # what the cache file holds, as far as we know
+        self._base: dict[str, str] = {}
+        self._engine: Engine | None = None
+        self._down = False
+        self._init_thread_state(loaded=False)
+
+    def _init_thread_state(self, loaded: bool) -> None:
+        self._loaded = threading.Event()  # set after the first refresh, whatever its outcome
+        if loaded:
+            self._loaded.set()
+        self._warm = False  # True once this process's refresher runs and the cold start is over
+        self._start_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the app's side -------------------------------------------------------------------------
+
+    def resolve(self, name: str) -> str | None:
+        """The current model of pipeline ``name``, or ``None`` when neither store nor config knows it."""
+        if not self._warm:
+            self._start()
+            self._loaded.wait(self.first_wait)
+            self._warm = True
+        return self.routes.get(name)
+
+    async def resolve_async(self, name: str) -> str | None:
+        """``resolve`` for coroutines: the cold start sleeps instead of blocking the event loop."""
+        if not self._warm:
+            self._start()
+            if not self._loaded.is_set():
+                import anyio  # openai's own dependency: works under asyncio and trio alike
+
+                deadline = time.monotonic() + self.first_wait
+                while not self._loaded.is_set() and time.monotonic() < deadline:
+                    await anyio.sleep(ASYNC_POLL_S)
+            self._warm = True
+        return self.routes.get(name)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            thread = threading.Thread(target=self._run, args=(self._stop,), name="flywheel-routes", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread" (interpreter shutdown)
+                _health.report_error("routing.start", exc)
+                self._loaded.set()  # nobody will load: do not make callers wait for it
+            self._thread = thread
+
+    # -- the refresher thread -------------------------------------------------------------------
+
+    def _run(self, stop: threading.Event) -> None:
+        try:
+            self._refresh(first=True)
+        except Exception as exc:  # a bug here must not kill the thread
+            _health.report_error("routing.refresh", exc)
+        finally:
+            self._loaded.set()
+        while not stop.wait(self.refresh_interval):
+            try:
+                self._refresh(first=False)
+            except Exception as exc:
+                _health.report_error("routing.refresh", exc)
+
+    def _refresh(self, first: bool) -> None:
+        self._read_config()
+        if first and self._promoted is None:
+            # Routes saved by an earlier process, published before the store is asked: a store
+            # that is slow to answer then costs the cold start nothing but freshness.
+            self._read_cache()
+        try:
+            if self._engine is None:
+                self._engine = _route_engine(self.database_url)
+            promoted = load_promoted(self._engine, self.database_url)
+        except Exception as exc:
+            self._refresh_failed(exc)
+            return
+        self._promoted = promoted
+        self._publish()
+        self._mark_up()
+        if promoted != self._saved:
+            self._save(promoted)
+
+    def _publish(self) -> None:
+        self.routes = {**self._base, **(self._promoted or {})}
+
+    def _read_config(self) -> None:
+        path = _config.config_path()
+        try:
+            self._base = read_config(path)
+        except Exception as exc:  # keep the last good base models
+            _health.count("routes_config_invalid")
+            _health.log_problem(
+                f"routes-config:{path}",
+                "flywheel: cannot read base models from %s (%s); keeping the last ones read",
+                path,
+                _describe(exc),
+            )
+        self._publish()
+
+    def _read_cache(self) -> None:
+        try:
+            cached = read_cache(self.cache_path)
+        except OSError as exc:
+            _health.report_error("routing.cache", exc)
+            return
+        if cached is not None:
+            self._promoted = self._saved = cached
+            self._publish()
+
+    def _save(self, promoted: dict[str, str]) -> None:
+        try:
+            write_cache(self.cache_path, promoted)
+        except OSError as exc:
+            _health.count("routes_cache_failed")
+            _health.log_problem(
+                f"routes-cache:{self.key}",
+                "flywheel: cannot save model routes to %s (%s)",
+                self.cache_path,
+                _describe(exc),
+            )
+            return
+        self._saved = promoted
+
+    def _refresh_failed(self, exc: BaseException) -> None:
+        _health.count("routes_refresh_failed")
+        if self._down:
+            return
+        self._down = True
+        if self._promoted is not None:
+            keeping = "keeping the last known routes"
+        else:
+            keeping = "no routes known yet: flywheel:NAME uses the configured base model"
+        _health.log_problem(
+            f"routes-down:{self.key}",
+            "flywheel: cannot load model routes from %s (%s); %s until it answers",
+            self.display_url,
+            _describe(exc),
+            keeping,
+        )
+
+    def _mark_up(self) -> None:
+        _health.count("routes_loaded")
+        if self._down:
+            self._down = False
+            _health.logger.info("flywheel: model routes load from %s again", self.display_url)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the refresher and close its connections (tests; a later resolve starts it again)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.dispose()
+        self._init_thread_state(loaded=self._loaded.is_set())
+
+    def _after_fork_in_child(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            # The parent's pooled connection must not be closed from here (that would end it for
+            # the parent too); keep it referenced, unused.
+            _inherited_pools.append(engine.pool)
+            with contextlib.suppress(Exception):
+                engine.dispose(close=False)
+        self._init_thread_state(loaded=self._loaded.is_set())
+
+
+# --- the process's route tables and the call-path entry points --------------------------------
+
+_tables: dict[str, RouteTable] = {}
+_tables_lock = threading.Lock()
+_inherited_pools: list[Any] = []
+
+
+def route_table(database_url: str | None = None) -> RouteTable:
+    """The route table of the store at ``database_url`` (default: ``FLYWHEEL_DATABASE_URL``)."""
+    url = database_url or _config.database_url()
+    table = _tables.get(url)
+    if table is None:
+        with _tables_lock:
+            table = _tables.get(url)
+            if table is None:
+                table = _tables[url] = RouteTable(url)
+    return table
+
+
+def _store_url(resource: Any) -> str | None:
+    """The store of the client a resource (``client.chat.completions``) belongs to."""
+    options = getattr(resource._client, "_flywheel_options", None)
+    return getattr(options, "database_url", None)
+
+
+def _apply(table: RouteTable, name: str, model: str | None, kwargs: dict[str, Any], tags: object) -> object:
+    if model is None:
+        _health.count("routes_unknown")
+        _health.warn_once(
+            f"route-unknown:{table.key}:{name}",
+            "flywheel: no pipeline %r in the store at %s or in %s; model %r is sent unchanged",
+            name,
+            table.display_url,
+            _config.config_path(),
+            kwargs["model"],
+        )
+    else:
+        kwargs["model"] = model
+    # The merged tags go straight into the private header; None tells the caller nothing is left
+    # to add (``tags=`` is folded in), which spares coercing and serializing them twice.
+    headers = kwargs.get("extra_headers")
+    layer = {ROUTE_TAG: name} if tags is None and not headers else routed_tags(tags, headers, name)
+    value = orjson.dumps(layer).decode()
+    kwargs["extra_headers"] = {**headers, TAG_HEADER: value} if headers else {TAG_HEADER: value}
+    return None
+
+
+def route_call(resource: Any, kwargs: dict[str, Any], tags: object) -> object:
+    """Resolve ``kwargs["model"]`` (``"flywheel:NAME"``) in place and put the call's tags, with
+    ``flywheel_route=NAME``, into its tag header. Returns the tags still to add: ``None``, or the
+    caller's ``tags`` untouched if routing failed.
+
+    Never raises: on an unexpected failure the call goes out as the app wrote it.
+    """
+    try:
+        name = kwargs["model"][len(ROUTE_PREFIX) :]
+        table = route_table(_store_url(resource))
+        return _apply(table, name, table.resolve(name), kwargs, tags)
+    except Exception as exc:
+        _health.report_error("routing", exc)
+        return tags
+
+
+async def route_call_async(resource: Any, kwargs: dict[str, Any], tags: object) -> object:
+    """``route_call`` for the async clients."""
+    try:
+        name = kwargs["model"][len(ROUTE_PREFIX) :]
+        table = route_table(_store_url(resource))
+        return _apply(table, name, await table.resolve_async(name), kwargs, tags)
+    except Exception as exc:
+        _health.report_error("routing", exc)
+        return tags
+
+
+def close_all(timeout: float | None = None) -> None:
+    """Stop every refresher of this process and forget the tables (for tests)."""
+    with _tables_lock:
+        tables = list(_tables.values())
+        _tables.clear()
+    for table in tables:
+        table.close(timeout)
+
+
+def _after_fork_in_child() -> None:
+    global _tables_lock
+    _tables_lock = threading.Lock()
+    for table in list(_tables.values()):
+        try:
+            table._after_fork_in_child()
+        except Exception as exc:
+            _health.report_error("routing.fork", exc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
