@@ -120,7 +120,8 @@ class EvalUpstream:
 
 
 def _verdict(prompt: str, topic: str) -> str:
-    first, _, second = prompt.partition("[Answer B]")
+    first = prompt.partition("<answer_A>")[2].partition("</answer_A>")[0]
+    second = prompt.partition("<answer_B>")[2].partition("</answer_B>")[0]
     winner = "tie"
     a_right, b_right = f'"label": "{topic}"' in first, f'"label": "{topic}"' in second
     if a_right != b_right:

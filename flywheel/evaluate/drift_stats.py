@@ -403,6 +403,9 @@ class NoveltyShift:
 
     novel: int
     count: int
+    half_novel: int | None
+    """With a baseline: the recent inputs with no near neighbour in the half of training that the
+    held-out half is compared with."""
     baseline_novel: int | None
     baseline_count: int | None
     p_value: float
@@ -426,6 +429,7 @@ class NoveltyShift:
             "novel": self.novel,
             "compared": self.count,
             "share": round(self.share, 4),
+            "share_against_half": None if self.half_novel is None else round(self.half_novel / self.count, 4),
             "baseline_share": None if baseline is None else round(baseline, 4),
             "p_value": self.p_value,
             "near_threshold": self.threshold,
@@ -461,15 +465,21 @@ def novelty_shift(
         p_value = _above_p(share, count, NOVELTY_MAX_SHARE)
         flagged = share > NOVELTY_MAX_SHARE and p_value < NOVELTY_ALPHA
         against = f"at most {NOVELTY_MAX_SHARE:.0%} expected"
+        compared = None
     else:
         compared = novel if compared_novel is None else compared_novel
         base_share = baseline_novel / baseline_count
         p_value = _two_proportion_p(compared, count, baseline_novel, baseline_count)
         flagged = compared / count - base_share >= NOVELTY_MARGIN and p_value < NOVELTY_ALPHA
-        against = f"{base_share:.0%} of held-out training inputs"
+        against = (
+            f"against half of it {compared / count:.0%} of recent vs {base_share:.0%} of held-out "
+            "training inputs"
+        )
     measured = f"{share:.0%} of recent inputs ({novel} of {count}) have no near neighbour in training"
     if flagged:
-        reason = f"new kinds of input: {measured}, against {against} (p={p_text(p_value)})"
+        reason = f"new kinds of input: {measured}; {against} (p={p_text(p_value)})"
     else:
-        reason = f"training covers the inputs: {measured}, against {against}"
-    return NoveltyShift(novel, count, baseline_novel, baseline_count, p_value, threshold, flagged, reason)
+        reason = f"training covers the inputs: {measured}; {against}"
+    return NoveltyShift(
+        novel, count, compared, baseline_novel, baseline_count, p_value, threshold, flagged, reason
+    )

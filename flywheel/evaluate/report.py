@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 
 from sdk import _config
 from sdk._pricing import PriceTable
-from sdk.schema import call_tags, calls, eval_judgments, eval_outputs, eval_runs, fine_tune_jobs
+from sdk.schema import call_tags, calls, eval_outputs, eval_runs, fine_tune_jobs
 
 from ..datasets import EVAL_TAG
 from ..errors import UsageError
@@ -37,6 +37,7 @@ from ..train.config import Pipeline
 from .candidates import Candidate
 from .examples import Example, examples_of, export_by_id
 from .judge import Judgment, judge_summaries
+from .judging import judgments_of
 from .metrics import METRIC_GROUPS, ExampleScores, aggregate, message_text, per_example_score, score_example
 from .run import TAG_CANDIDATE
 from .scorers import load_scorers, score_with
@@ -76,7 +77,7 @@ def eval_report(database_url: str, pipeline: Pipeline, *, run_id: str | None = N
         candidates = [Candidate.from_dict(item) for item in orjson.loads(run.candidates)]
         outputs = _outputs(conn, run.id)
         spend = _spend(conn, run.id)
-        judged = _judgments(conn, run.id)
+        judged = judgments_of(conn, run.id)
         jobs = _jobs(conn, [c.model for c in candidates if c.fine_tuned])
     warnings: list[str] = []
     scored: dict[str, dict[str, ExampleScores]] = {}
@@ -197,22 +198,6 @@ def _spend(conn: Connection, run_id: str) -> dict[str, _Spend]:
         if status is not None and 200 <= status < 300 and latency is not None and entry.latencies is not None:
             entry.latencies.append(float(latency))
     return spent
-
-
-def _judgments(conn: Connection, run_id: str) -> list[Judgment]:
-    j = eval_judgments.c
-    return [
-        Judgment(
-            row.candidate,
-            row.opponent,
-            row.call_id,
-            row.shown_first,
-            row.verdict,
-            row.identical,
-            row.reasoning,
-        )
-        for row in conn.execute(sa.select(eval_judgments).where(j.run_id == run_id).order_by(j.id))
-    ]
 
 
 def _jobs(conn: Connection, models: Sequence[str]) -> dict[str, sa.Row[Any]]:
