@@ -5,8 +5,9 @@ ticket-classification task in known ways, so a test can compute the right metric
 
 - ``gpt-4o`` answers ``{"label": TOPIC}``: always right (also the app's model: its answers are the
   references);
-- ``gpt-4o-mini`` is wrong on ``refund`` and ``login`` tickets (``{"label": "other"}``), answers
+- ``gpt-4o-mini`` (and ``gpt-4o-mini-2024-07-18``) is wrong on ``refund`` and ``login`` tickets (``{"label": "other"}``), answers
   ``billing`` tickets with text that is not JSON, and adds an extra key on ``invoice`` tickets;
+- a fine-tuned ``ft:...`` model answers like ``gpt-4o`` (it learned the references);
 - ``slow-model`` answers like ``gpt-4o`` after ``SLOW_S``;
 - ``judge`` prefers the answer whose label is the ticket's topic (a consistent judge);
 - ``missing-model`` is answered with a 404, as an unknown model is.
@@ -112,7 +113,7 @@ class EvalUpstream:
             time.sleep(SLOW_S)
         if model == "judge":
             content = _verdict(user, topic)
-        elif model == "gpt-4o-mini":
+        elif model.startswith("gpt-4o-mini"):  # the base model (and its dated names)
             content = weak_answer(topic)
         else:
             content = json.dumps({"label": topic})

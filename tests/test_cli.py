@@ -87,6 +87,9 @@ def test_help_lists_only_working_commands_in_workflow_order() -> None:
         "train",
         "jobs",
         "watch",
+        "eval",
+        "drift",
+        "promote",
         "mock-server",
     ]
 

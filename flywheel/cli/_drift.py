@@ -114,7 +114,7 @@ def _threshold_text(threshold: dict[str, float]) -> str:
 def _length_value(data: dict[str, Any]) -> str:
     t, r = data["training"], data["recent"]
     return (
-        f"D={data['ks_statistic']:.2f} p={p_text(data['p_value'])}; "
+        f"D={data['ks_statistic']:.2f} {p_text(data['p_value'])}; "
         f"median {r['median']:g} vs {t['median']:g}, p95 {r['p95']:g} vs {t['p95']:g} tokens"
     )
 
@@ -123,17 +123,17 @@ def _words_value(data: dict[str, Any]) -> str:
     rising = f"; rising: {', '.join(data['rising_words'][:3])}" if data["flagged"] else ""
     return (
         f"JSD {data['jensen_shannon_bits']:.3f} bits (chance {data['chance_bits']:.3f}) "
-        f"p={p_text(data['p_value'])}{rising}"
+        f"{p_text(data['p_value'])}{rising}"
     )
 
 
 def _novelty_value(data: dict[str, Any]) -> str:
     baseline = data["baseline_share"]
     against = "" if baseline is None else f" (baseline {baseline:.0%})"
-    return f"{data['share']:.0%} of {data['compared']:,} novel{against} p={p_text(data['p_value'])}"
+    return f"{data['share']:.0%} of {data['compared']:,} novel{against} {p_text(data['p_value'])}"
 
 
 def _mix_value(data: dict[str, Any]) -> str:
     top = ", ".join(f"{value} {share:.0%}" for value, share in list(data["recent"].items())[:2])
     distance = f"TVD {data['total_variation']:.2f} (chance {data['chance']:.2f})"
-    return f"{distance} p={p_text(data['p_value'])}; now {top}"
+    return f"{distance} {p_text(data['p_value'])}; now {top}"

@@ -70,7 +70,7 @@ from sqlalchemy.sql import ColumnElement
 
 from sdk.schema import call_tags, calls, dataset_entries, datasets, eval_runs, exports, promotions
 
-from ..datasets import CHAT_ENDPOINT, TEACHER_TAG, entries_at
+from ..datasets import CHAT_ENDPOINT, FLYWHEEL_CALL_TAGS, entries_at
 from ..errors import UsageError
 from ..near_duplicates import (
     DEFAULT_THRESHOLD,
@@ -106,7 +106,6 @@ MAX_TAG_KEYS = 20
 BASELINE_FROM = 40
 """Training inputs from which a novelty baseline is measured (two halves of at least 20)."""
 
-_FLYWHEEL_TAGS = (TEACHER_TAG, "flywheel_eval")
 _ID_RANDOM_PART = 13  # SQL substr() position: call ids are 12 hex of time, then 20 random ones
 _CHUNK = 500
 _ENCODING = "o200k_base"
@@ -358,7 +357,7 @@ def _recent_conditions(
         calls.c.status_code.between(200, 299),
         calls.c.complete.is_(True),
         calls.c.response.is_not(None),
-        ~sa.exists().where(call_tags.c.call_id == calls.c.id, call_tags.c.key.in_(_FLYWHEEL_TAGS)),
+        ~sa.exists().where(call_tags.c.call_id == calls.c.id, call_tags.c.key.in_(FLYWHEEL_CALL_TAGS)),
         ~seen,
     ]
 

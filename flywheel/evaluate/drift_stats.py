@@ -226,8 +226,8 @@ def _two_proportion_p(novel: int, count: int, base_novel: int, base_count: int) 
 
 
 def p_text(p_value: float) -> str:
-    """A p-value for people: two significant digits, ``<0.0001`` below that."""
-    return "<0.0001" if p_value < 1e-4 else f"{p_value:.2g}"
+    """A p-value for people: ``p=0.012`` (two significant digits), ``p<0.0001`` below that."""
+    return "p<0.0001" if p_value < 1e-4 else f"p={p_value:.2g}"
 
 
 def words_of(text: str) -> list[str]:
@@ -272,9 +272,9 @@ def length_shift(training: Sequence[float], recent: Sequence[float]) -> LengthSh
     r_median, r_p95 = (float(np.percentile(recent, q)) for q in (50, 95))
     sizes = f"median {r_median:g} tokens vs {t_median:g} in training, p95 {r_p95:g} vs {t_p95:g}"
     if flagged:
-        reason = f"input lengths changed (KS D={statistic:.2f}, p={p_text(p_value)}): {sizes}"
+        reason = f"input lengths changed (KS D={statistic:.2f}, {p_text(p_value)}): {sizes}"
     else:
-        reason = f"input lengths as in training (KS D={statistic:.2f}, p={p_text(p_value)}): {sizes}"
+        reason = f"input lengths as in training (KS D={statistic:.2f}, {p_text(p_value)}): {sizes}"
     return LengthShift(statistic, p_value, t_median, t_p95, r_median, r_p95, flagged, reason)
 
 
@@ -326,9 +326,7 @@ def word_shift(
     gain = r_counts - t_counts
     rising = tuple(words[i] for i in np.argsort(-gain, kind="stable")[:show] if gain[i] > 0)
     flagged = result.p_value <= WORDS_ALPHA and result.excess >= WORDS_MIN_EXCESS
-    measured = (
-        f"JSD {result.statistic:.3f} bits, {result.excess:.3f} above chance, p={p_text(result.p_value)}"
-    )
+    measured = f"JSD {result.statistic:.3f} bits, {result.excess:.3f} above chance, {p_text(result.p_value)}"
     if flagged:
         reason = f"the words of the inputs changed ({measured}); rising: {', '.join(rising[:5])}"
     else:
@@ -384,7 +382,7 @@ def mix_shift(
 
     training_top, recent_top = top(codes[~labels]), top(codes[labels])
     flagged = result.p_value <= MIX_ALPHA and result.excess >= MIX_MIN_EXCESS
-    measured = f"TVD {result.statistic:.2f}, {result.excess:.2f} above chance, p={p_text(result.p_value)}"
+    measured = f"TVD {result.statistic:.2f}, {result.excess:.2f} above chance, {p_text(result.p_value)}"
     if flagged:
         now, was = _shares_text(recent_top), _shares_text(training_top)
         reason = f"the {what} mix changed ({measured}): now {now}, was {was}"
@@ -477,7 +475,7 @@ def novelty_shift(
         )
     measured = f"{share:.0%} of recent inputs ({novel} of {count}) have no near neighbour in training"
     if flagged:
-        reason = f"new kinds of input: {measured}; {against} (p={p_text(p_value)})"
+        reason = f"new kinds of input: {measured}; {against} ({p_text(p_value)})"
     else:
         reason = f"training covers the inputs: {measured}; {against}"
     return NoveltyShift(

@@ -3,9 +3,11 @@
 A pass, per pipeline: bring its dataset up to date and run its steps (``steps.run_steps``); resume
 a launch a crashed watcher left (``launch.resume``); check the thresholds (``thresholds.decide``)
 and, when they are met, launch exactly one job (``launch.launch``). Then it polls every unfinished
-job (``poll.poll_jobs``). One pipeline's failure never stops the others: it is logged, counted in
-the pass's errors, and (for a provider's transient errors) the pipeline backs off before the next
-try. ``watch`` stops between steps when asked (SIGTERM, SIGINT), never in the middle of one.
+job (``poll.poll_jobs``), and for pipelines with a ``promote`` table, evaluates a newly succeeded
+job's model and promotes it when it wins (``flywheel.evaluate.auto_promote``). One pipeline's
+failure never stops the others: it is logged, counted in the pass's errors, and (for a provider's
+transient errors) the pipeline backs off before the next try. ``watch`` stops between steps when
+asked (SIGTERM, SIGINT), never in the middle of one.
 """
 
 from __future__ import annotations
@@ -82,16 +84,20 @@ class PassResult:
 
     pipelines: list[PipelineOutcome] = field(default_factory=list)
     polled: PollResult = field(default_factory=PollResult)
+    promotions: list[dict[str, Any]] = field(default_factory=list)
+    """Each promotion decision (``auto_promote.PromotionDecision.as_dict``), or ``{"pipeline", "error"}``."""
     stopped: bool = False
 
     @property
     def errors(self) -> int:
-        return sum(1 for outcome in self.pipelines if outcome.error) + len(self.polled.errors)
+        failed = sum(1 for item in self.promotions if "error" in item)
+        return sum(1 for outcome in self.pipelines if outcome.error) + len(self.polled.errors) + failed
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "pipelines": [outcome.as_dict() for outcome in self.pipelines],
             "polled": self.polled.as_dict(),
+            "promotions": self.promotions,
             "errors": self.errors,
             "stopped": self.stopped,
         }
@@ -166,6 +172,7 @@ class Watcher:
             result.stopped = True
             return result
         result.polled = poll_jobs(self.database_url, clock=self.clock)
+        self._promotions(result)
         return result
 
     def loop(self, interval: float, passes: int | None = None) -> int:
@@ -217,6 +224,23 @@ class Watcher:
                 clock=self.clock,
             )
             log.info("%s: %s", pipeline.name, outcome.launch.message)
+
+    def _promotions(self, result: PassResult) -> None:
+        # Imported here: flywheel.evaluate builds on flywheel.train (its config), not the reverse.
+        from ..evaluate.auto_promote import promote_if_better
+
+        for name in self.names:
+            pipeline = self.config.pipeline(name)
+            if pipeline.promote is None or self.stopping:
+                continue
+            try:
+                decision = promote_if_better(self.database_url, pipeline, now=self.clock())
+            except FlywheelError as exc:
+                result.promotions.append({"pipeline": name, "error": str(exc)})
+                log.error("%s: evaluating for promotion: %s", name, exc)
+                continue
+            if decision is not None:
+                result.promotions.append({"pipeline": name, **decision.as_dict()})
 
     def _back_off(self, name: str, retry_after: float | None) -> float:
         previous = self._backoff.get(name, (0.0, 0.0))[1]
