@@ -320,7 +320,7 @@ def test_docs_example_queries_run(db_url: str) -> None:
             latency_ms=100.0 + 10 * i,
             cached_tokens=0,
         )
-        | {"tags": {"prompt_id": "qa", "feature": "search" if i % 2 else "chat"}}
+        | {"tags": {"prompt_id": "qa", "feature": "search" if i % 2 else "chat"} | _routed(i)}
         for i in range(30)
     ]
     records[3] |= {
@@ -332,6 +332,9 @@ def test_docs_example_queries_run(db_url: str) -> None:
         insert_batch(store, records)
         dataset = create_dataset(db_url, "qa", CallFilter(tags=(("prompt_id", "qa"),)))
         _a_job_with_events(db_url, dataset.dataset.id, dataset.dataset.version)
+        _an_eval_run(
+            db_url, dataset.dataset.id, dataset.dataset.version, [record["id"] for record in records]
+        )
         queries = _doc_queries(store.dialect.name)
         assert len(queries) >= 10, "docs/schema.md lost its example queries"
         results = []
@@ -370,6 +373,67 @@ def _a_job_with_events(db_url: str, dataset_id: int, version: int) -> None:
         jobs.record_state(
             conn, running, JobState("ftjob-1", "succeeded", fine_tuned_model="ft:gpt-4o-mini:org::x"), at
         )
+
+
+def _routed(i: int) -> dict[str, str]:
+    """Every fifth call came through ``model="flywheel:qa"``."""
+    return {"flywheel_route": "qa"} if i % 5 == 0 else {}
+
+
+def _an_eval_run(db_url: str, dataset_id: int, version: int, call_ids: list[str]) -> None:
+    """An eval run as ``flywheel eval`` leaves it: an export, outputs, judgments, a promotion."""
+    from sdk.schema import eval_judgments, eval_outputs, eval_runs, exports, promotions
+
+    at = datetime.now(UTC)
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        manifest = {"splits": {"train": call_ids[:20], "test": call_ids[20:]}}
+        export_id = conn.execute(
+            sa.insert(exports)
+            .values(
+                dataset_id=dataset_id,
+                version=version,
+                created_at=at,
+                out_dir="x",
+                manifest=json.dumps(manifest),
+            )
+            .returning(exports.c.id)
+        ).scalar_one()
+        conn.execute(
+            sa.insert(eval_runs).values(
+                id="e" * 32, pipeline="qa", dataset_id=dataset_id, dataset_version=version,
+                export_id=export_id, status="finished", candidates="[]", judge="gpt-4o", seed=1,
+                settings="{}", examples=10, created_at=at, updated_at=at, finished_at=at,
+            )
+        )  # fmt: skip
+        answer = json.dumps({"role": "assistant", "content": "ok"})
+        conn.execute(
+            sa.insert(eval_outputs),
+            [
+                {"run_id": "e" * 32, "candidate": candidate, "call_id": call_id, "eval_call_id": call_ids[n],
+                 "output": answer if n % 4 else None, "error": None if n % 4 else "HTTP 400",
+                 "created_at": at}
+                for candidate in ("gpt-4o-mini", "ft:gpt-4o-mini:org::x")
+                for n, call_id in enumerate(call_ids[20:])
+            ],
+        )  # fmt: skip
+        conn.execute(
+            sa.insert(eval_judgments),
+            [
+                {"run_id": "e" * 32, "candidate": "ft:gpt-4o-mini:org::x", "opponent": "reference",
+                 "call_id": call_id, "shown_first": first, "verdict": "win" if n % 3 else "tie",
+                 "identical": False, "reasoning": "closer to the reference", "created_at": at}
+                for n, call_id in enumerate(call_ids[20:25])
+                for first in ("candidate", "opponent")
+            ],
+        )  # fmt: skip
+        conn.execute(
+            sa.insert(promotions).values(
+                pipeline="qa", model="ft:gpt-4o-mini:org::x", previous_model="gpt-4o-mini", action="promote",
+                reason="flywheel promote", created_at=at,
+            )
+        )  # fmt: skip
+    engine.dispose()
 
 
 # -- the wheel ------------------------------------------------------------------------------------
