@@ -10,8 +10,11 @@ Every error a user can cause or fix (a bad option value, an unreachable or unmig
     │   ├── BadFilterError      exit 2   a filter option that cannot be parsed (--tag, --since, ...)
     │   └── ConfigError         exit 2   flywheel.toml is unreadable or invalid (flywheel.train.config)
     ├── StoreError              exit 1   the store cannot be reached, read or migrated
-    └── ProviderError           exit 1   a training provider refused or failed (flywheel.train.providers)
-        └── TransientProviderError       ... in a way that may pass (rate limit, 5xx): retried later
+    ├── ProviderError           exit 1   a training provider refused or failed (flywheel.train.providers)
+    │   └── TransientProviderError       ... in a way that may pass (rate limit, 5xx): retried later
+    ├── EvalError               exit 1   the API refused an eval candidate as a whole (flywheel.evaluate.run)
+    ├── JudgeError              exit 1   the judge refused the run as a whole (flywheel.evaluate.judging)
+    └── ScorerError             exit 1   a user scorer raised or returned no score (flywheel.evaluate.scorers)
 
 ``where`` names the place to look: an option (``--since``), a file, or the store's URL. URLs are
 always rendered with the password hidden (``display_url``); driver messages are scrubbed too.
