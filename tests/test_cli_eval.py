@@ -121,3 +121,14 @@ def test_report_errors(config: Path) -> None:
     assert unknown.exit_code == 2 and "no eval run 'nope'" in unknown.output
     empty = invoke("eval", "classify", "--models", ",", "--config", str(config))
     assert empty.exit_code == 2 and "give at least one model" in empty.output
+
+
+def test_eval_prints_what_it_did_and_how_to_continue(config: Path, upstream: EvalUpstream) -> None:
+    ran = invoke("eval", "classify", "--models", "gpt-4o", "--judge", "judge", "--config", str(config))
+    assert ran.exit_code == 0, ran.output
+    assert "1 candidates (gpt-4o)" in ran.output and "0 already done" in ran.output
+    # gpt-4o answers every example as the reference does: no judge call at all.
+    assert "judge: 0 verdicts asked" in ran.output and upstream.calls("judge") == []
+    assert "Report: flywheel eval report classify" in ran.output
+    again = invoke("eval", "classify", "--models", "gpt-4o", "--judge", "judge", "--config", str(config))
+    assert "(continued)" not in again.output  # a finished run is not continued: a new one starts

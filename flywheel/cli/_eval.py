@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,9 @@ import orjson
 from ..evaluate.report import eval_report
 from ..evaluate.report_html import render_html
 from ..evaluate.report_text import render_text
-from ..evaluate.run import EvalError, EvalProgress, mark_failed, run_eval
+from ..evaluate.run import mark_failed, run_eval
 from ..train.config import load_config
-from ._base import FlywheelGroup, _db, cli, db_option, json_option
+from ._base import FlywheelGroup, _db, _progress_bar, cli, db_option, json_option
 from ._config import config_option
 
 
@@ -75,20 +74,11 @@ def eval_run_command(
     """
     pipeline = load_config(config_path).pipeline(name)
     url = _db(db_url)
-    done = {"n": 0}
-
-    def progress(update: EvalProgress) -> None:
-        if not as_json and sys.stderr.isatty():
-            done["n"] = update.done
-            click.echo(
-                f"\r{update.done}/{update.total} answered, {update.failed} to retry", nl=False, err=True
-            )
-
-    try:
+    with _progress_bar("evaluating", quiet=as_json) as bar:
         result = run_eval(
             url,
             pipeline,
-            [model for model in models.split(",")],
+            models.split(","),
             judge=judge,
             few_shot=few_shot,
             few_shot_select=few_shot_select,
@@ -96,13 +86,8 @@ def eval_run_command(
             concurrency=concurrency,
             base_url=base_url,
             run_id=run_id,
-            progress=progress,
+            progress=None if bar is None else lambda update: bar(update.done, update.total),
         )
-    except EvalError as exc:
-        click.echo("", err=True) if done["n"] else None
-        raise exc
-    if done["n"]:
-        click.echo("", err=True)
     if not result.finished:
         mark_failed(url, result.run_id, "; ".join(result.failures[:3]) or "unfinished")
     if as_json:
@@ -116,7 +101,8 @@ def eval_run_command(
     )
     if result.judged is not None:
         click.echo(
-            f"judge: {result.judged['judged']} judged, {result.judged['identical']} identical (no call)"
+            f"judge: {result.judged['judged']} verdicts asked, {result.judged['decided']} decided without a "
+            f"call (same answers), {result.judged['failed']} to retry"
         )
     for failure in result.failures[:5]:
         click.echo(f"  not answered: {failure}")
