@@ -150,7 +150,9 @@ def _route_engine(url: str) -> Engine:
             "keepalives_count": 3,
         }
         connect_args = {key: value for key, value in defaults.items() if key not in parsed.query}
-    return sa.create_engine(parsed, pool_size=1, max_overflow=0, pool_pre_ping=True, connect_args=connect_args)
+    return sa.create_engine(
+        parsed, pool_size=1, max_overflow=0, pool_pre_ping=True, connect_args=connect_args
+    )
 
 
 def load_promoted(engine: Engine, url: str) -> dict[str, str]:
@@ -165,7 +167,9 @@ def load_promoted(engine: Engine, url: str) -> dict[str, str]:
         raise FileNotFoundError(f"no SQLite store at {path}")
     newest = promotions.alias("newest")
     latest_id = (
-        sa.select(sa.func.max(newest.c.id)).where(newest.c.pipeline == promotions.c.pipeline).scalar_subquery()
+        sa.select(sa.func.max(newest.c.id))
+        .where(newest.c.pipeline == promotions.c.pipeline)
+        .scalar_subquery()
     )
     query = sa.select(promotions.c.pipeline, promotions.c.model).where(promotions.c.id == latest_id)
     with engine.connect() as conn:
@@ -279,7 +283,9 @@ class RouteTable:
         with self._start_lock:
             if self._thread is not None and self._thread.is_alive():
                 return
-            thread = threading.Thread(target=self._run, args=(self._stop,), name="flywheel-routes", daemon=True)
+            thread = threading.Thread(
+                target=self._run, args=(self._stop,), name="flywheel-routes", daemon=True
+            )
             try:
                 thread.start()
             except RuntimeError as exc:  # "can't start new thread" (interpreter shutdown)

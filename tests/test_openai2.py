@@ -15,7 +15,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-openai2"
-SDK_TESTS = ["tests/test_sdk_recording.py", "tests/test_sdk_dropin.py", "tests/test_openai_provider.py"]
+SDK_TESTS = [
+    "tests/test_sdk_recording.py",
+    "tests/test_sdk_dropin.py",
+    "tests/test_openai_provider.py",
+    "tests/test_sdk_routing.py",
+]
 
 
 def _python() -> Path:

@@ -89,6 +89,12 @@ def _routing_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     _routing.close_all(timeout=10)
 
 
+def ask(client: Any, model: str = "flywheel:classify") -> str:
+    """The model that answered one chat completion sent with ``model``."""
+    answered: str = client.chat.completions.create(model=model, messages=MESSAGES).model
+    return answered
+
+
 def migrated(db_url: str) -> str:
     upgrade(db_url)
     return db_url
@@ -378,7 +384,8 @@ import sdk
 client = sdk.OpenAI(api_key="sk-test", base_url=os.environ["APP_BASE_URL"], max_retries=0,
                     database_url=os.environ["APP_STORE"])
 def call():
-    return client.chat.completions.create(model="flywheel:classify", messages=[{"role": "user", "content": "x"}])
+    messages = [{"role": "user", "content": "x"}]
+    return client.chat.completions.create(model="flywheel:classify", messages=messages)
 print(json.dumps({"who": "parent", "model": call().model, "t": time.time()}), flush=True)
 client.close()  # no HTTP connection crosses the fork
 pid = os.fork()
@@ -442,18 +449,30 @@ class _StrictHandler(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         model = body["model"]
         if model in self.server.models:
-            status, answer = 200, {
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "created": 0,
-                "model": model,
-                "choices": [
-                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "billing"}}
-                ],
-            }
+            status, answer = (
+                200,
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "billing"},
+                        }
+                    ],
+                },
+            )
         else:
             message = f"The model `{model}` does not exist or you do not have access to it."
-            error = {"message": message, "type": "invalid_request_error", "param": None, "code": "model_not_found"}
+            error = {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "model_not_found",
+            }
             status, answer = 404, {"error": error}
         data = json.dumps(answer).encode()
         self.send_response(status)
@@ -474,10 +493,12 @@ def test_base_model_fallback_and_unknown_names_pass_through(
     db_url: str, strict_upstream: StrictUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     migrated(db_url)
-    recording = sdk.OpenAI(api_key="sk-test", base_url=strict_upstream.base_url, max_retries=0, database_url=db_url)
+    recording = sdk.OpenAI(
+        api_key="sk-test", base_url=strict_upstream.base_url, max_retries=0, database_url=db_url
+    )
     plain = openai.OpenAI(api_key="sk-test", base_url=strict_upstream.base_url, max_retries=0)
     with recording, plain:
-        assert recording.chat.completions.create(model="flywheel:classify", messages=MESSAGES).model == BASE_MODEL
+        assert ask(recording) == BASE_MODEL
         with caplog.at_level(logging.WARNING, logger="flywheel.sdk"):
             for _ in range(2):
                 with pytest.raises(openai.NotFoundError) as through_sdk:
@@ -498,19 +519,17 @@ def test_base_model_fallback_and_unknown_names_pass_through(
     ]
 
 
-def test_config_changes_reach_unpromoted_pipelines(
-    db_url: str, mock_server: Any, _routing_env: Path
-) -> None:
+def test_config_changes_reach_unpromoted_pipelines(db_url: str, mock_server: Any, _routing_env: Path) -> None:
     migrated(db_url)
     with sdk.OpenAI(api_key="sk-test", base_url=mock_server.base_url, database_url=db_url) as client:
-        assert client.chat.completions.create(model="flywheel:classify", messages=MESSAGES).model == BASE_MODEL
+        assert ask(client) == BASE_MODEL
         _routing_env.write_text(CONFIG.replace(BASE_MODEL, "gpt-4.1-nano"))
         deadline = time.monotonic() + REFRESH_S + LAG_MARGIN_S
-        while client.chat.completions.create(model="flywheel:classify", messages=MESSAGES).model != "gpt-4.1-nano":
+        while ask(client) != "gpt-4.1-nano":
             assert time.monotonic() < deadline
         _routing_env.write_text("this is [not toml")  # a broken config keeps the last good base models
         time.sleep(3 * REFRESH_S)
-        assert client.chat.completions.create(model="flywheel:classify", messages=MESSAGES).model == "gpt-4.1-nano"
+        assert ask(client) == "gpt-4.1-nano"
     assert sdk.stats()["counters"]["routes_config_invalid"] >= 1
 
 
@@ -520,7 +539,7 @@ def test_no_store_and_no_saved_routes_uses_the_config(
     monkeypatch.setenv("FLYWHEEL_DISABLED", "1")  # so that no writer creates the store meanwhile
     missing = f"sqlite:///{tmp_path / 'nowhere' / 'store.db'}"
     with sdk.OpenAI(api_key="sk-test", base_url=mock_server.base_url, database_url=missing) as client:
-        assert client.chat.completions.create(model="flywheel:classify", messages=MESSAGES).model == BASE_MODEL
+        assert ask(client) == BASE_MODEL
     assert sdk.stats()["counters"]["routes_refresh_failed"] >= 1
 
 
@@ -549,7 +568,7 @@ def test_no_query_on_the_call_path(db_url: str, mock_server: Any, monkeypatch: p
             started = time.monotonic()
             models = []
             while time.monotonic() - started < 4 * REFRESH_S:  # several refreshes happen meanwhile
-                models.append(client.chat.completions.create(model="flywheel:classify", messages=MESSAGES).model)
+                models.append(ask(client))
         models += asyncio.run(async_calls(20))
         assert sdk.flush(timeout=30)
     finally:
@@ -581,7 +600,7 @@ def test_a_hanging_store_never_holds_a_call(
         later = []
         for _ in range(20):
             started = time.monotonic()
-            assert client.chat.completions.create(model="flywheel:classify", messages=MESSAGES).model == BASE_MODEL
+            assert ask(client) == BASE_MODEL
             later.append(time.monotonic() - started)
     finally:
         client.close()
@@ -613,7 +632,9 @@ def test_every_call_style_routes(db_url: str, mock_server: Any) -> None:
         models.append(completions.with_raw_response.create(model=alias, messages=MESSAGES).parse().model)
         with completions.with_streaming_response.create(model=alias, messages=MESSAGES) as response:
             models.append(response.parse().model)
-        with completions.stream(model=alias, messages=MESSAGES, extra_headers=sdk.tag_headers(k="v")) as events:
+        with completions.stream(
+            model=alias, messages=MESSAGES, extra_headers=sdk.tag_headers(k="v")
+        ) as events:
             models.append(events.get_final_completion().model)
         models.append(client.responses.create(model=alias, input="hello").model)
     wrapped = sdk.wrap(openai.OpenAI(api_key="sk-test", base_url=base), database_url=db_url)
@@ -653,7 +674,7 @@ def test_routing_works_with_recording_disabled(
     add_promotion(db_url, "ft:a", BASE_MODEL)
     monkeypatch.setenv("FLYWHEEL_DISABLED", "1")
     with sdk.OpenAI(api_key="sk-test", base_url=mock_server.base_url, database_url=db_url) as client:
-        assert client.chat.completions.create(model="flywheel:classify", messages=MESSAGES).model == "ft:a"
+        assert ask(client) == "ft:a"
         assert client.chat.completions.create(model=BASE_MODEL, messages=MESSAGES).model == BASE_MODEL
     assert fetch_calls(db_url) == []
 

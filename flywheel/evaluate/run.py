@@ -184,11 +184,11 @@ async def run_eval_async(
             asker = _Asker(conn, run, result, picker, progress, now)
             await asker.drive(client, examples, width)
             _link_calls(conn, run.id)
-            if judge is not None:
+            if run.judge is not None:
                 pairs = _judge_pairs(conn, run, examples)
                 bias = default_bias_size(len(examples), settings.bias_sample) if settings.bias_sample else 0
                 tally = await judge_pairs(
-                    conn, client, run_id=run.id, judge_model=judge, pairs=pairs, seed=run.seed,
+                    conn, client, run_id=run.id, judge_model=run.judge, pairs=pairs, seed=run.seed,
                     bias_size=bias, concurrency=width, now=now,
                 )  # fmt: skip
                 result.judged = tally.as_dict()
@@ -208,6 +208,7 @@ class _RunRow:
     export_id: int
     candidates: list[Candidate]
     seed: int
+    judge: str | None
     resumed: bool
 
 
@@ -229,7 +230,7 @@ def _open_run(
         if row is None or row.pipeline != pipeline.name:
             raise UsageError(f"no eval run {run_id!r} for pipeline {pipeline.name!r}", "--run")
         stored = [Candidate.from_dict(item) for item in orjson.loads(row.candidates)]
-        return _RunRow(row.id, row.export_id, stored, row.seed, True)
+        return _RunRow(row.id, row.export_id, stored, row.seed, row.judge, True)
     split = newest_export(conn, pipeline.dataset, pipeline=pipeline.name)
     plan = {"few_shot_select": selection}
     for row in conn.execute(
@@ -239,7 +240,7 @@ def _open_run(
     ):
         same = orjson.loads(row.candidates) == spec and row.judge == judge and seed in (None, row.seed)
         if same and orjson.loads(row.settings).get("few_shot_select") == plan["few_shot_select"]:
-            return _RunRow(row.id, row.export_id, candidates, row.seed, True)
+            return _RunRow(row.id, row.export_id, candidates, row.seed, judge, True)
     new_id = uuid.uuid4().hex
     chosen = secrets.randbelow(2**31) if seed is None else seed
     with write_transaction(conn):
@@ -252,7 +253,7 @@ def _open_run(
                 examples=len(split.test), created_at=moment, updated_at=moment,
             )
         )  # fmt: skip
-    return _RunRow(new_id, split.export_id, candidates, chosen, False)
+    return _RunRow(new_id, split.export_id, candidates, chosen, judge, False)
 
 
 def _judge_pairs(conn: Connection, run: _RunRow, examples: Sequence[Example]) -> list[JudgePair]:
