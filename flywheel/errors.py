@@ -13,7 +13,7 @@ Every error a user can cause or fix (a bad option value, an unreachable or unmig
     ├── ProviderError           exit 1   a training provider refused or failed (flywheel.train.providers)
     │   └── TransientProviderError       ... in a way that may pass (rate limit, 5xx): retried later
     ├── EvalError               exit 1   the API refused an eval candidate as a whole (flywheel.evaluate.run)
-    ├── JudgeError              exit 1   the judge refused the run as a whole (flywheel.evaluate.judging)
+    ├── JudgeError              exit 1   the judge refused the run as a whole (flywheel.evaluate.judge)
     └── ScorerError             exit 1   a user scorer raised or returned no score (flywheel.evaluate.scorers)
 
 ``where`` names the place to look: an option (``--since``), a file, or the store's URL. URLs are

@@ -5,8 +5,9 @@ ticket-classification task in known ways, so a test can compute the right metric
 
 - ``gpt-4o`` answers ``{"label": TOPIC}``: always right (also the app's model: its answers are the
   references);
-- ``gpt-4o-mini`` (and ``gpt-4o-mini-2024-07-18``) is wrong on ``refund`` and ``login`` tickets (``{"label": "other"}``), answers
-  ``billing`` tickets with text that is not JSON, and adds an extra key on ``invoice`` tickets;
+- ``gpt-4o-mini`` (and ``gpt-4o-mini-2024-07-18``) is wrong on ``refund`` and ``login`` tickets
+  (``{"label": "other"}``), answers ``billing`` tickets with text that is not JSON, and adds an
+  extra key on ``invoice`` tickets;
 - a fine-tuned ``ft:...`` model answers like ``gpt-4o`` (it learned the references);
 - ``slow-model`` answers like ``gpt-4o`` after ``SLOW_S``;
 - ``judge`` prefers the answer whose label is the ticket's topic (a consistent judge);

@@ -22,7 +22,16 @@ import sdk
 from flywheel.evaluate.candidates import Candidate
 from flywheel.evaluate.examples import Example
 from flywheel.evaluate.intervals import wilson
-from flywheel.evaluate.judge import (
+from flywheel.evaluate.judge.judging import (
+    TAG_JUDGE,
+    JudgeError,
+    JudgePair,
+    JudgeTally,
+    judge_pairs,
+    judge_run_async,
+    judgments_of,
+)
+from flywheel.evaluate.judge.protocol import (
     JUDGE_SYSTEM_PROMPT,
     MIN_POSITION_AGREEMENT,
     Judgment,
@@ -39,15 +48,6 @@ from flywheel.evaluate.judge import (
     same_answer,
     shown_first,
     verdict_without_judge,
-)
-from flywheel.evaluate.judging import (
-    TAG_JUDGE,
-    JudgeError,
-    JudgePair,
-    JudgeTally,
-    judge_pairs,
-    judge_run_async,
-    judgments_of,
 )
 from flywheel.query import connect
 from sdk._migrate import upgrade

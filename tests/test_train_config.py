@@ -364,7 +364,8 @@ def test_unknown_keys_everywhere() -> None:
     assert top.message == "pipeline: unknown key (did you mean 'pipelines'?)"
     assert top.where == "flywheel.toml:1"
     assert config_error(MINIMAL + 'name = "x"\n').message == (
-        "pipelines.qa.name: unknown key (known: dataset, dedup, eval, export, filter, promote, prune, relabel, train)"
+        "pipelines.qa.name: unknown key "
+        "(known: dataset, dedup, eval, export, filter, promote, prune, relabel, train)"
     )
 
 

@@ -7,7 +7,7 @@ The modules, in the order the work flows (docs/evaluation.md explains each):
   what each is sent;
 - ``run``: ``flywheel eval``, every candidate on every example through the SDK, resumable;
 - ``metrics``, ``intervals``, ``scorers``: scoring against the reference, 95 % intervals, user
-  scorers; ``judge`` (pure) and ``judging`` (the calls): the pairwise LLM judge;
+  scorers; ``judge/``: the pairwise LLM judge (its protocol, and the calls);
 - ``report``, ``report_text``, ``report_html`` (with ``svg_charts``): ``flywheel eval report``;
 - ``drift`` (with ``drift_stats``): ``flywheel drift``, recent traffic against the training data;
 - ``promote``, ``auto_promote``: a pipeline's current model (what ``model="flywheel:NAME"``
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from .auto_promote import PromotionDecision, promote_if_better
 from .drift import DriftReport, drift_report
-from .judging import JudgeError
+from .judge import JudgeError
 from .promote import Promotion, current_model, promote, promotion_history, rollback
 from .report import eval_report
 from .report_html import render_html

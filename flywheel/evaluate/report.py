@@ -36,8 +36,7 @@ from ..query import connect
 from ..train.config import Pipeline
 from .candidates import Candidate
 from .examples import Example, examples_of, export_by_id
-from .judge import Judgment, judge_summaries
-from .judging import judgments_of
+from .judge import Judgment, judge_summaries, judgments_of
 from .metrics import METRIC_GROUPS, ExampleScores, aggregate, message_text, per_example_score, score_example
 from .run import TAG_CANDIDATE
 from .scorers import load_scorers, score_with

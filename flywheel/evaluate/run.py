@@ -44,11 +44,10 @@ from ..errors import FlywheelError, UsageError
 from ..finetune_format import UnconvertibleCallError, output_message
 from ..query import connect
 from ..train.config import Pipeline
-from .candidates import REFERENCE, Candidate, candidate_request, candidates_for
+from .candidates import Candidate, candidate_request, candidates_for
 from .examples import Example, ExportedSplit, examples_of, export_by_id, newest_export
 from .fewshot import Selection, ShotPicker
-from .judge import default_bias_size
-from .judging import JudgePair, judge_pairs
+from .judge import judge_run_async
 
 __all__ = [
     "TAG_CANDIDATE",
@@ -185,11 +184,10 @@ async def run_eval_async(
             await asker.drive(client, examples, width)
             _link_calls(conn, run.id)
             if run.judge is not None:
-                pairs = _judge_pairs(conn, run, examples)
-                bias = default_bias_size(len(examples), settings.bias_sample) if settings.bias_sample else 0
-                tally = await judge_pairs(
-                    conn, client, run_id=run.id, judge_model=run.judge, pairs=pairs, seed=run.seed,
-                    bias_size=bias, concurrency=width, now=now,
+                tally = await judge_run_async(
+                    conn, client, run_id=run.id, judge_model=run.judge, examples=examples,
+                    candidates=run.candidates, seed=run.seed, bias_fraction=settings.bias_sample,
+                    concurrency=width, now=now,
                 )  # fmt: skip
                 result.judged = tally.as_dict()
             result.finished = result.failed == 0 and (result.judged is None or not result.judged["failed"])
@@ -254,32 +252,6 @@ def _open_run(
             )
         )  # fmt: skip
     return _RunRow(new_id, split.export_id, candidates, chosen, judge, False)
-
-
-def _judge_pairs(conn: Connection, run: _RunRow, examples: Sequence[Example]) -> list[JudgePair]:
-    """Each candidate's stored answer beside the reference, per example it answered."""
-    o = eval_outputs.c
-    stored: dict[tuple[str, str], dict[str, Any] | None] = {
-        (candidate, call_id): None if output is None else orjson.loads(output)
-        for candidate, call_id, output in conn.execute(
-            sa.select(o.candidate, o.call_id, o.output).where(o.run_id == run.id)
-        )
-    }
-    conn.commit()
-    return [
-        JudgePair(
-            call_id=example.call_id,
-            candidate=candidate.name,
-            opponent=REFERENCE,
-            messages=example.messages,
-            tools=example.request.get("tools"),
-            candidate_output=stored[(candidate.name, example.call_id)],
-            opponent_output=example.reference,
-        )
-        for candidate in run.candidates
-        for example in examples
-        if (candidate.name, example.call_id) in stored
-    ]
 
 
 def _close_run(conn: Connection, run_id: str, finished: bool, moment: datetime) -> None:

@@ -19,7 +19,7 @@ canonicalizing (``same_answer``) are a tie, and an answer that is missing (``Non
 errored) loses to any real answer (two missing answers tie). Those rows are stored with no judge
 call, ``identical`` true for the ties of equal (or equally missing) answers.
 
-Pure functions, no I/O (``judging.py`` makes the calls and writes the rows). Invariant: every
+Pure functions, no I/O (``judging`` makes the calls and writes the rows). Invariant: every
 function here is deterministic in its arguments; nothing depends on Python's per-process ``hash``.
 """
 
@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .intervals import Estimate, wilson
+from ..intervals import Estimate, wilson
 
 __all__ = [
     "BIAS_SAMPLE_FRACTION",

@@ -41,11 +41,11 @@ from sqlalchemy.engine import Connection
 import sdk
 from sdk.schema import call_tags, calls, eval_judgments, eval_outputs
 
-from ..datasets import EVAL_TAG, Progress, step_time, write_transaction
-from ..errors import FlywheelError, UsageError
-from .candidates import REFERENCE, Candidate
-from .examples import Example
-from .judge import (
+from ...datasets import EVAL_TAG, Progress, step_time, write_transaction
+from ...errors import FlywheelError, UsageError
+from ..candidates import REFERENCE, Candidate
+from ..examples import Example
+from .protocol import (
     BIAS_SAMPLE_FRACTION,
     Judgment,
     Order,
@@ -235,7 +235,7 @@ async def judge_run_async(
 
     An example a candidate has no ``eval_outputs`` row for yet is left out (a later run judges it);
     a row with no output (the candidate errored) loses. The bias sample is ``bias_fraction`` of the
-    examples, at least 10 (``default_bias_size``).
+    examples, at least 10 (``default_bias_size``); none when ``bias_fraction`` is 0.
     """
     o = eval_outputs.c
     stored: dict[tuple[str, str], Mapping[str, Any] | None] = {}
@@ -256,7 +256,7 @@ async def judge_run_async(
         for example in examples
         if (candidate.name, example.call_id) in stored
     ]
-    size = default_bias_size(len(examples), bias_fraction)
+    size = default_bias_size(len(examples), bias_fraction) if bias_fraction > 0 else 0
     return await judge_pairs(
         conn, client, run_id=run_id, judge_model=judge_model, pairs=pairs, seed=seed,
         bias_size=size, concurrency=concurrency, now=now, progress=progress,
