@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sdk_helpers import fetch_calls
 
 import sdk
-from sdk import _routing
+from sdk import _route_store, _routing
 from sdk._migrate import upgrade
 from sdk._tags import TAG_HEADER
 from sdk.schema import promotions
@@ -691,16 +691,16 @@ def test_base_models_reads_only_well_formed_train_tables() -> None:
             "odd": {"train": "gpt-4o"},
         }
     }
-    assert _routing.base_models(document) == {"classify": "gpt-4o-mini"}
-    assert _routing.base_models({"pipelines": ["x"]}) == {}
-    assert _routing.base_models({}) == {}
+    assert _route_store.base_models(document) == {"classify": "gpt-4o-mini"}
+    assert _route_store.base_models({"pipelines": ["x"]}) == {}
+    assert _route_store.base_models({}) == {}
 
 
 def test_saved_routes_round_trip_and_reject_anything_else() -> None:
     routes = {"classify": "ft:a", "summarize": "gpt-4o"}
-    assert _routing.decode_cache(_routing.encode_cache(routes)) == routes
+    assert _route_store.decode_cache(_route_store.encode_cache(routes)) == routes
     for bad in (b"", b"[]", b'{"version": 2, "promoted": {}}', b'{"version": 1, "promoted": {"a": 1}}'):
-        assert _routing.decode_cache(bad) is None
+        assert _route_store.decode_cache(bad) is None
 
 
 def test_routed_tags_keep_header_tags_below_call_tags_and_name_the_route() -> None:
@@ -718,8 +718,8 @@ def test_routed_tags_keep_header_tags_below_call_tags_and_name_the_route() -> No
 
 def test_saved_routes_file_is_private_and_replaced_whole(tmp_path: Path) -> None:
     path = tmp_path / "spool" / "key.routes.json"
-    _routing.write_cache(path, {"classify": "ft:a"})
-    _routing.write_cache(path, {"classify": "ft:b"})
-    assert _routing.read_cache(path) == {"classify": "ft:b"}
+    _route_store.write_cache(path, {"classify": "ft:a"})
+    _route_store.write_cache(path, {"classify": "ft:b"})
+    assert _route_store.read_cache(path) == {"classify": "ft:b"}
     assert path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["key.routes.json"]  # no staging file left
