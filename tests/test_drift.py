@@ -24,15 +24,13 @@ from flywheel.datasets import create_dataset
 from flywheel.dedup import dedup_dataset
 from flywheel.errors import UsageError
 from flywheel.evaluate.drift import DriftReport, drift_report
-from flywheel.evaluate.drift_stats import (
+from flywheel.evaluate.drift.shifts import mix_shift, novelty_shift, words_of
+from flywheel.evaluate.drift.stats import (
     jensen_shannon,
     kolmogorov_survival,
     ks_two_sample,
-    mix_shift,
-    novelty_shift,
     permutation_test,
     total_variation,
-    words_of,
 )
 from flywheel.export import export_dataset
 from flywheel.query import CallFilter

@@ -9,7 +9,7 @@ import click
 import orjson
 
 from ..evaluate.drift import DEFAULT_WINDOW, SAMPLE_LIMIT, DriftReport, drift_report
-from ..evaluate.drift_stats import p_text
+from ..evaluate.drift.stats import p_text
 from ..query import TIME_FORMATS_HELP, parse_time
 from ..train.config import load_config
 from ._base import _db, _table, cli, db_option

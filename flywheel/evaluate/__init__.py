@@ -9,7 +9,8 @@ The modules, in the order the work flows (docs/evaluation.md explains each):
 - ``metrics``, ``intervals``, ``scorers``: scoring against the reference, 95 % intervals, user
   scorers; ``judge/``: the pairwise LLM judge (its protocol, and the calls);
 - ``report``, ``report_text``, ``report_html`` (with ``svg_charts``): ``flywheel eval report``;
-- ``drift`` (with ``drift_stats``): ``flywheel drift``, recent traffic against the training data;
+- ``drift`` (a subpackage: ``sides``, ``stats``, ``shifts``, ``report``): ``flywheel drift``,
+  recent traffic against the training data;
 - ``promote``, ``auto_promote``: a pipeline's current model (what ``model="flywheel:NAME"``
   reaches), set by hand or by ``watch`` when a job's model wins.
 """

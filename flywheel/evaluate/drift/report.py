@@ -1,21 +1,11 @@
 """``flywheel drift NAME``: a pipeline's recent traffic against the data its model was trained on.
 
-The two sides:
-
-- **training**: the call ids of the train split of the newest export of the pipeline's dataset
-  (``exports.manifest``); when the dataset has no export yet, its entries at the newest version.
-- **recent**: the app's chat calls that the pipeline's filter selects, created in
-  ``[since, now)`` (default: the 7 days before now), that no export of the dataset holds (neither
-  split; without an export: that the dataset does not hold). App calls are those a dataset would
-  take in (answered chat completions, read to the end), minus the flywheel's own relabel and eval
-  calls (tags ``flywheel_relabel``, ``flywheel_eval``).
-
-Each side is sampled to at most ``sample_limit`` calls (default 5,000) by the random part of the
-call id (its last 20 hex characters), in the database: deterministic, the same calls on every run,
-and a larger window keeps most of a smaller one's sample. Then ``drift_stats`` compares input
-length (tokens, ``o200k_base`` for both sides so lengths compare), words, novelty (MinHash near
-neighbours at the dedup step's threshold, on the text dedup compares, boilerplate learned from the
-training side), and the mix of models and of each tag key (``flywheel_*`` tags left out).
+``drift_report`` reads the two sides (``sides``: the training data, and the recent calls in
+``[since, now)``, default the 7 days before now), each sampled deterministically to at most
+``sample_limit`` calls (default 5,000). Then ``shifts`` compares input length (tokens), words,
+novelty (MinHash near neighbours at the dedup step's threshold, on the text dedup compares,
+boilerplate learned from the training side), and the mix of models and of each tag key
+(``flywheel_*`` tags left out).
 
 Verdict: ``retrain_due`` when the length, words or novelty are flagged; ``eval_due`` when the
 pipeline's current model (its newest ``promotions`` row, else the configured ``base_model``) has
@@ -57,32 +47,22 @@ The report (``DriftReport.as_dict()``, printed by ``flywheel drift NAME --json``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import islice
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import ColumnElement
 
-from sdk.schema import call_tags, calls, dataset_entries, datasets, eval_runs, exports, promotions
+from sdk.schema import datasets, eval_runs, promotions
 
-from ..datasets import CHAT_ENDPOINT, FLYWHEEL_CALL_TAGS, entries_at
-from ..errors import UsageError
-from ..near_duplicates import (
-    DEFAULT_THRESHOLD,
-    Boilerplate,
-    input_text,
-    learn_boilerplate,
-    near_duplicate_clusters,
-)
-from ..query import as_utc, connect, filter_conditions
-from ..tokens import count_messages, count_tools, load_encoding
-from ..train.config import Pipeline
-from .drift_stats import (
+from ...errors import UsageError
+from ...near_duplicates import DEFAULT_THRESHOLD, Boilerplate, learn_boilerplate, near_duplicate_clusters
+from ...query import as_utc, connect
+from ...train.config import Pipeline
+from .shifts import (
     LengthShift,
     MixShift,
     NoveltyShift,
@@ -93,6 +73,7 @@ from .drift_stats import (
     word_shift,
     words_of,
 )
+from .sides import CallInput, TrainingSide, call_inputs, recent_side, training_side
 
 __all__ = ["DEFAULT_WINDOW", "MAX_TAG_KEYS", "MIN_RECENT", "SAMPLE_LIMIT", "DriftReport", "drift_report"]
 
@@ -105,10 +86,6 @@ MAX_TAG_KEYS = 20
 """Tag keys compared at most (the most frequent ones)."""
 BASELINE_FROM = 40
 """Training inputs from which a novelty baseline is measured (two halves of at least 20)."""
-
-_ID_RANDOM_PART = 13  # SQL substr() position: call ids are 12 hex of time, then 20 random ones
-_CHUNK = 500
-_ENCODING = "o200k_base"
 
 
 @dataclass(slots=True)
@@ -196,27 +173,6 @@ class DriftReport:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Input:
-    """What the statistics need of one call."""
-
-    model: str | None
-    tags: dict[str, str]
-    tokens: int
-    text: str
-    """The text dedup compares (``near_duplicates.input_text``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Training:
-    source: str
-    dataset_version: int
-    export_id: int | None
-    total: int
-    sample: list[str]
-    near_deduplicated: bool
-
-
 def drift_report(
     database_url: str,
     pipeline: Pipeline,
@@ -249,23 +205,12 @@ def drift_report(
             raise UsageError(
                 _no_training(pipeline, f"its dataset {pipeline.dataset!r} does not exist yet"), pipeline.name
             )
-        training = _training(conn, dataset, sample_limit)
+        training = training_side(conn, dataset, sample_limit)
         if not training.sample:
             raise UsageError(
                 _no_training(pipeline, f"its dataset {pipeline.dataset!r} is empty"), pipeline.name
             )
-        recent_where = _recent_conditions(pipeline, dataset.id, training, start, until)
-        recent_total = int(
-            conn.execute(sa.select(sa.func.count()).select_from(calls).where(*recent_where)).scalar_one()
-        )
-        recent_ids = list(
-            conn.execute(
-                sa.select(calls.c.id)
-                .where(*recent_where)
-                .order_by(sa.func.substr(calls.c.id, _ID_RANDOM_PART))
-                .limit(sample_limit)
-            ).scalars()
-        )
+        recent = recent_side(conn, pipeline, dataset.id, training, start, until, sample_limit)
         current_model = _current_model(conn, pipeline)
         report = DriftReport(
             pipeline=pipeline.name,
@@ -277,22 +222,22 @@ def drift_report(
             until=until,
             training_calls=training.total,
             training_sampled=len(training.sample),
-            recent_calls=recent_total,
-            recent_sampled=len(recent_ids),
+            recent_calls=recent.total,
+            recent_sampled=len(recent.sample),
             sample_limit=sample_limit,
             min_recent=min_recent,
             current_model=current_model,
         )
         report.eval_reasons.extend(_eval_gaps(conn, pipeline, training, current_model))
         if report.enough_traffic:
-            training_inputs = _inputs(conn, training.sample)
+            training_inputs = call_inputs(conn, training.sample)
             if not training_inputs:
                 raise UsageError(
                     _no_training(pipeline, "the calls of its training data are no longer in the store"),
                     pipeline.name,
                 )
             report.training_sampled = len(training_inputs)
-            _compare(report, training_inputs, _inputs(conn, recent_ids), threshold, training)
+            _compare(report, training_inputs, call_inputs(conn, recent.sample), threshold, training)
     _conclude(report)
     return report
 
@@ -304,103 +249,15 @@ def _no_training(pipeline: Pipeline, why: str) -> str:
     )
 
 
-# --- reading the two sides -----------------------------------------------------------------------
-
-
-def _training(conn: Connection, dataset: sa.Row[Any], limit: int) -> _Training:
-    """The training side: the newest export's train split, else the dataset's entries."""
-    export = conn.execute(
-        sa.select(exports.c.id, exports.c.version, exports.c.manifest)
-        .where(exports.c.dataset_id == dataset.id)
-        .order_by(exports.c.id.desc())
-        .limit(1)
-    ).one_or_none()
-    if export is not None:
-        manifest = orjson.loads(export.manifest)
-        train_ids = [str(call_id) for call_id in manifest.get("splits", {}).get("train", [])]
-        dedup = (manifest.get("rules") or {}).get("dedup")
-        sample = sorted(train_ids, key=lambda call_id: call_id[_ID_RANDOM_PART - 1 :])[:limit]
-        return _Training("export", int(export.version), int(export.id), len(train_ids), sample, _near(dedup))
-    e = dataset_entries.c
-    held = entries_at(dataset.id, dataset.version)
-    total = int(
-        conn.execute(sa.select(sa.func.count()).select_from(dataset_entries).where(held)).scalar_one()
-    )
-    sample = list(
-        conn.execute(
-            sa.select(e.call_id).where(held).order_by(sa.func.substr(e.call_id, _ID_RANDOM_PART)).limit(limit)
-        ).scalars()
-    )
-    dedup = orjson.loads(dataset.settings or "{}").get("dedup")
-    return _Training("dataset", int(dataset.version), None, total, sample, _near(dedup))
-
-
-def _near(dedup: Any) -> bool:
-    """Whether near-duplicates were taken out of the training data (no baseline then, see _compare)."""
-    return isinstance(dedup, dict) and not dedup.get("exact")
-
-
-def _recent_conditions(
-    pipeline: Pipeline, dataset_id: int, training: _Training, start: datetime, until: datetime
-) -> list[ColumnElement[bool]]:
-    e = dataset_entries.c
-    seen = sa.exists().where(e.dataset_id == dataset_id, e.call_id == calls.c.id)
-    if training.source == "export":
-        seen = seen.where(e.first_exported_in.is_not(None))
-    else:
-        seen = seen.where(entries_at(dataset_id, training.dataset_version))
-    return [
-        *filter_conditions(pipeline.filter.refreshed(until)),
-        calls.c.created_at >= start,
-        calls.c.created_at < until,
-        calls.c.endpoint == CHAT_ENDPOINT,
-        calls.c.status_code.between(200, 299),
-        calls.c.complete.is_(True),
-        calls.c.response.is_not(None),
-        ~sa.exists().where(call_tags.c.call_id == calls.c.id, call_tags.c.key.in_(FLYWHEEL_CALL_TAGS)),
-        ~seen,
-    ]
-
-
-def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, _CHUNK)):
-        yield chunk
-
-
-def _inputs(conn: Connection, call_ids: Sequence[str]) -> list[_Input]:
-    """The calls' inputs, in the order of ``call_ids`` (calls that no longer exist left out)."""
-    encoding = load_encoding(_ENCODING)
-    found: dict[str, _Input] = {}
-    for chunk in _chunks(call_ids):
-        tags: dict[str, dict[str, str]] = {}
-        for call_id, key, value in conn.execute(
-            sa.select(call_tags.c.call_id, call_tags.c.key, call_tags.c.value).where(
-                call_tags.c.call_id.in_(chunk)
-            )
-        ):
-            if not key.startswith("flywheel_"):
-                tags.setdefault(call_id, {})[key] = value
-        for call_id, model, request_text in conn.execute(
-            sa.select(calls.c.id, calls.c.model, calls.c.request).where(calls.c.id.in_(chunk))
-        ):
-            request = orjson.loads(request_text) if request_text else {}
-            messages: list[Any] = request.get("messages") or []
-            tools: list[Any] = request.get("tools") or []
-            found[call_id] = _Input(
-                model=model,
-                tags=tags.get(call_id, {}),
-                tokens=count_messages(messages, encoding) + count_tools(tools, encoding),
-                text=input_text(messages, tools),
-            )
-    return [found[call_id] for call_id in call_ids if call_id in found]
-
-
 # --- comparing -------------------------------------------------------------------------------------
 
 
 def _compare(
-    report: DriftReport, training: list[_Input], recent: list[_Input], threshold: float, source: _Training
+    report: DriftReport,
+    training: list[CallInput],
+    recent: list[CallInput],
+    threshold: float,
+    source: TrainingSide,
 ) -> None:
     boilerplate = learn_boilerplate(item.text for item in training)
     report.length = length_shift([item.tokens for item in training], [item.tokens for item in recent])
@@ -441,7 +298,7 @@ def _compare(
     }
 
 
-def _tag_keys(items: Iterable[_Input]) -> list[str]:
+def _tag_keys(items: Iterable[CallInput]) -> list[str]:
     counts: dict[str, int] = {}
     for item in items:
         for key in item.tags:
@@ -484,7 +341,9 @@ def _current_model(conn: Connection, pipeline: Pipeline) -> str | None:
     return pipeline.train.base_model if pipeline.train is not None else None
 
 
-def _eval_gaps(conn: Connection, pipeline: Pipeline, training: _Training, current: str | None) -> list[str]:
+def _eval_gaps(
+    conn: Connection, pipeline: Pipeline, training: TrainingSide, current: str | None
+) -> list[str]:
     """Why an eval is due regardless of drift: no test split yet, or no finished eval of the current
     model on the newest export."""
     if training.source != "export":
