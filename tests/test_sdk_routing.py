@@ -1,9 +1,10 @@
 """``model="flywheel:NAME"``: apps reach a pipeline's current model, from a cache refreshed off the call path.
 
 End to end with real processes: an app in a subprocess loops on ``flywheel:classify`` against the
-mock server while the test inserts ``promotions`` rows into the real store (SQLite and PostgreSQL),
-stops the store (SQLite: the file replaced by a directory; PostgreSQL: the TCP forwarder between the
-app and the server killed) and starts new processes while it is down.
+mock server while the test promotes and rolls back (``flywheel.evaluate.promote``, what ``flywheel
+promote`` calls) in the real store (SQLite and PostgreSQL), stops the store (SQLite: the file
+replaced by a directory; PostgreSQL: the TCP forwarder between the app and the server killed) and
+starts new processes while it is down.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,11 @@ import sqlalchemy as sa
 from sdk_helpers import fetch_calls
 
 import sdk
+from flywheel.evaluate.promote import promote, rollback
+from flywheel.train.config import load_config
 from sdk import _route_store, _routing
 from sdk._migrate import upgrade
 from sdk._tags import TAG_HEADER
-from sdk.schema import promotions
 
 REPO = Path(__file__).resolve().parent.parent
 REFRESH_S = 0.2
@@ -101,21 +102,11 @@ def migrated(db_url: str) -> str:
 
 
 def add_promotion(db_url: str, model: str, previous: str | None, action: str = "promote") -> float:
-    """Insert a promotions row as `flywheel promote` does; returns the wall-clock time of its commit."""
-    engine = sa.create_engine(db_url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                sa.insert(promotions).values(
-                    pipeline="classify",
-                    model=model,
-                    previous_model=previous,
-                    action=action,
-                    created_at=datetime.now(UTC),
-                )
-            )
-    finally:
-        engine.dispose()
+    """``flywheel promote classify MODEL`` (or ``--rollback``) through the library, as the CLI does;
+    returns the wall-clock time of its commit."""
+    pipeline = load_config(os.environ["FLYWHEEL_CONFIG"]).pipeline("classify")
+    change = rollback(db_url, pipeline) if action == "rollback" else promote(db_url, pipeline, model)
+    assert (change.model, change.previous_model) == (model, previous)
     return time.time()
 
 
