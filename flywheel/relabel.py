@@ -80,6 +80,7 @@ __all__ = [
     "RelabelFailure",
     "RelabelProgress",
     "RelabelResult",
+    "recording_client",
     "relabel_dataset",
     "relabel_dataset_async",
     "teacher_output",
@@ -303,7 +304,7 @@ async def relabel_dataset_async(
     sent = {**(params or {}), **({"temperature": temperature} if temperature is not None else {})}
     with connect(database_url) as conn:
         run = _Run(conn, name, model, sent, dict(extra_headers or {}), batch_size, progress, now)
-        client = _teacher_client(database_url, client_factory, base_url, api_key)
+        client = recording_client(database_url, client_factory, base_url, api_key)
         try:
             run.open(limit)
             if run.result.version is not None:
@@ -327,9 +328,17 @@ async def relabel_dataset_async(
 # --- internals -------------------------------------------------------------------------------------
 
 
-def _teacher_client(
-    database_url: str, factory: ClientFactory | None, base_url: str | None, api_key: str | None
+def recording_client(
+    database_url: str,
+    factory: ClientFactory | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    *,
+    key_env: str = "OPENAI_API_KEY",
 ) -> openai.AsyncOpenAI:
+    """The async client the flywheel's own calls go through (teacher, eval candidates, judge),
+    recording into ``database_url``: ``factory()``'s client (wrapped if it is a plain ``openai``
+    one), else an ``sdk.AsyncOpenAI``. A missing key is a ``UsageError`` naming ``key_env``."""
     if factory is not None:
         client = factory()
         if not getattr(type(client), "_flywheel_recording", False):
@@ -338,7 +347,7 @@ def _teacher_client(
     try:
         return sdk.AsyncOpenAI(api_key=api_key, base_url=base_url, database_url=database_url)
     except openai.OpenAIError as exc:
-        raise UsageError(str(exc), "OPENAI_API_KEY") from None
+        raise UsageError(str(exc), key_env) from None
 
 
 @dataclass(frozen=True, slots=True)

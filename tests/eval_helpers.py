@@ -169,8 +169,11 @@ def topic_of(ticket: int) -> str:
     return TOPICS[ticket % len(TOPICS)]
 
 
-def write_eval_config(directory: Path, base_url: str, *, extra: str = "") -> Path:
-    """flywheel.toml with pipeline ``classify`` (its eval table pointing at ``base_url``)."""
+def write_eval_config(
+    directory: Path, base_url: str, *, train_url: str | None = None, extra: str = ""
+) -> Path:
+    """flywheel.toml with pipeline ``classify``: its eval table points at ``base_url``, its train
+    table at ``train_url`` (default the same); ``extra`` is appended (more eval keys, other tables)."""
     path = directory / "flywheel.toml"
     path.write_text(
         f"""
@@ -180,8 +183,11 @@ export = {{ test_fraction = 0.3 }}
 
 [pipelines.classify.train]
 provider = "openai"
-base_url = "{base_url}"
+base_url = "{train_url or base_url}"
+api_key_env = "FLYWHEEL_TEST_EVAL_KEY"
 base_model = "gpt-4o-mini-2024-07-18"
+min_examples = 20
+create_settle_s = 0.2
 
 [pipelines.classify.eval]
 base_url = "{base_url}"

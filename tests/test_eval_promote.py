@@ -15,7 +15,7 @@ import pytest
 from flywheel.mock_server import FineTuneTiming, MockServer
 from flywheel.train.config import load_config
 from flywheel.train.watch import PassResult, Watcher
-from tests.eval_helpers import EvalUpstream, log_tickets
+from tests.eval_helpers import EvalUpstream, log_tickets, write_eval_config
 from tests.sdk_helpers import prepare_store
 from tests.train_helpers import rows
 
@@ -28,33 +28,13 @@ def servers() -> Iterator[tuple[MockServer, EvalUpstream]]:
 
 
 def _config(directory: Path, mock: MockServer, upstream: EvalUpstream, margin: float) -> Path:
-    path = directory / "flywheel.toml"
-    path.write_text(
-        f"""
-[pipelines.classify]
-filter = {{ tags = {{ prompt_id = "classify" }}, status = "ok" }}
-export = {{ test_fraction = 0.3 }}
-
-[pipelines.classify.train]
-provider = "openai"
-base_url = "{mock.base_url}"
-api_key_env = "FLYWHEEL_TEST_EVAL_KEY"
-base_model = "gpt-4o-mini-2024-07-18"
-min_examples = 20
-create_settle_s = 0.2
-
-[pipelines.classify.eval]
-base_url = "{upstream.base_url}"
-api_key_env = "FLYWHEEL_TEST_EVAL_KEY"
-max_retries = 0
-
+    promote = f"""
 [pipelines.classify.promote]
 metric = "exact_match"
 margin = {margin}
 min_examples = 5
 """
-    )
-    return path
+    return write_eval_config(directory, upstream.base_url, train_url=mock.base_url, extra=promote)
 
 
 def _until_decided(watcher: Watcher, passes: int = 200) -> PassResult:

@@ -34,12 +34,12 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-import sdk
 from sdk.schema import eval_runs, fine_tune_jobs
 
 from ..datasets import step_time, write_transaction
 from ..errors import UsageError
 from ..query import connect
+from ..relabel import recording_client
 from ..train.config import Pipeline
 from .asking import TAG_CANDIDATE, TAG_EXAMPLE, Asker, EvalError, EvalProgress, EvalResult, link_calls
 from .candidates import Candidate, candidates_for
@@ -112,7 +112,9 @@ async def run_eval_async(
         )
         result.resumed = run.resumed
         picker = _shot_picker(conn, split, run, selection)
-        client = _client(database_url, client_factory, base_url or settings.base_url, api_key, settings)
+        key = api_key or os.environ.get(settings.api_key_env)
+        url = base_url or settings.base_url
+        client = recording_client(database_url, client_factory, url, key, key_env=settings.api_key_env)
         try:
             client = client.with_options(max_retries=settings.max_retries, timeout=settings.timeout)
             asker = Asker(conn, run.id, run.candidates, result, picker, progress, now)
@@ -227,18 +229,3 @@ def _shot_picker(conn: Connection, split: ExportedSplit, run: _RunRow, selection
                                                 split.dataset_version, train, train)))  # fmt: skip
     conn.commit()
     return ShotPicker(pool, k, selection, run.seed)
-
-
-def _client(
-    database_url: str, factory: ClientFactory | None, base_url: str | None, api_key: str | None, settings: Any
-) -> openai.AsyncOpenAI:
-    if factory is not None:
-        client = factory()
-        if not getattr(type(client), "_flywheel_recording", False):
-            sdk.wrap(client, database_url=database_url)
-        return client
-    key = api_key or os.environ.get(settings.api_key_env)
-    try:
-        return sdk.AsyncOpenAI(api_key=key, base_url=base_url, database_url=database_url)
-    except openai.OpenAIError as exc:
-        raise UsageError(str(exc), settings.api_key_env) from None
