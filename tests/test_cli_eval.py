@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from flywheel.cli import cli
 from flywheel.train.config import load_config
 from flywheel.train.steps import export_for_training, run_steps
-from tests.eval_helpers import EvalUpstream, log_tickets, topic_of, write_eval_config
+from tests.eval_helpers import EvalUpstream, log_tickets, topic_of, weak_answer, write_eval_config
 from tests.sdk_helpers import prepare_store
 from tests.train_helpers import rows
 
@@ -132,3 +132,57 @@ def test_eval_prints_what_it_did_and_how_to_continue(config: Path, upstream: Eva
     assert "Report: flywheel eval report classify" in ran.output
     again = invoke("eval", "classify", "--models", "gpt-4o", "--judge", "judge", "--config", str(config))
     assert "(continued)" not in again.output  # a finished run is not continued: a new one starts
+
+
+def test_judge_against_another_candidate(config: Path, upstream: EvalUpstream) -> None:
+    ran = invoke("eval", "classify", "--models", "gpt-4o-mini,gpt-4o", "--judge", "judge",
+                 "--judge-against", "gpt-4o", "--seed", "3", "--config", str(config), "--json")  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    report = orjson.loads(invoke("eval", "report", "classify", "--config", str(config), "--json").output)
+    assert report["judge"]["opponent"] == "gpt-4o"
+    weak, strong = report["models"]
+    assert "judge" not in strong  # the opponent is not judged against itself
+    # Same answers from both models are ties without a call; the judge saw only the rest.
+    asked = {seen.ticket for seen in upstream.calls("judge")}
+    differing = {
+        seen.ticket
+        for seen in upstream.calls("gpt-4o-mini")
+        if weak_answer(topic_of(seen.ticket or 0)) != (f'{{"label": "{topic_of(seen.ticket or 0)}"}}')
+    }
+    assert asked == differing
+    assert weak["judge"]["opponent"] == "gpt-4o"
+    assert weak["judge"]["ties"]["count"] >= weak["n"] - len(differing)
+    bad = invoke("eval", "classify", "--models", "gpt-4o", "--judge", "judge", "--judge-against", "gpt-5",
+                 "--config", str(config))  # fmt: skip
+    assert bad.exit_code == 2 and "'gpt-5' is not among the candidates" in bad.output
+
+
+def test_user_scorers_from_the_config_are_reported(
+    db_url: str, upstream: EvalUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scorers = tmp_path / "scorers_dir"
+    scorers.mkdir()
+    (scorers / "ticket_scorers.py").write_text(
+        "import json\n\n"
+        "def says_other(output, reference, example):\n"
+        "    if output is None or not (output.get('content') or '').startswith('{'):\n"
+        "        return None\n"
+        "    return json.loads(output['content']).get('label') == 'other'\n"
+    )
+    monkeypatch.syspath_prepend(str(scorers))
+    monkeypatch.setenv("FLYWHEEL_TEST_EVAL_KEY", "sk-eval-key")
+    monkeypatch.setenv("FLYWHEEL_DATABASE_URL", db_url)
+    path = write_eval_config(tmp_path, upstream.base_url, extra='scorers = ["ticket_scorers:says_other"]')
+    pipeline = load_config(path).pipeline("classify")
+    prepare_store(db_url)
+    log_tickets(db_url, upstream.base_url, 0, 40)
+    run_steps(db_url, pipeline)
+    manifest = export_for_training(db_url, pipeline, tmp_path / "export").manifest
+    assert invoke("eval", "classify", "--models", "gpt-4o-mini", "--config", str(path)).exit_code == 0
+    report = orjson.loads(invoke("eval", "report", "classify", "--config", str(path), "--json").output)
+    says_other = report["models"][0]["metrics"]["says_other"]
+    tickets = [seen.ticket for seen in upstream.calls("gpt-4o-mini")]
+    answered_json = [t for t in tickets if weak_answer(topic_of(t or 0)).startswith("{")]
+    other = [t for t in answered_json if topic_of(t or 0) in ("refund", "login")]
+    assert says_other["n"] == len(answered_json) and len(tickets) == len(manifest["splits"]["test"])
+    assert says_other["value"] == pytest.approx(len(other) / len(answered_json), abs=1e-6)

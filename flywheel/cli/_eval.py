@@ -39,6 +39,11 @@ def eval_group() -> None:
 @click.argument("name")
 @click.option("--models", required=True, metavar="A,B", help="Models to evaluate, comma-separated.")
 @click.option("--judge", metavar="MODEL", help="A model that compares each answer with the reference.")
+@click.option(
+    "--judge-against",
+    metavar="MODEL",
+    help="Have the judge compare each candidate with this candidate instead of the reference.",
+)
 @click.option("--few-shot", type=int, metavar="K", help="Also run each base model with K training examples.")
 @click.option(
     "--few-shot-select",
@@ -56,6 +61,7 @@ def eval_run_command(
     name: str,
     models: str,
     judge: str | None,
+    judge_against: str | None,
     few_shot: int | None,
     few_shot_select: Any,
     seed: int | None,
@@ -80,6 +86,7 @@ def eval_run_command(
             pipeline,
             models.split(","),
             judge=judge,
+            judge_against=judge_against,
             few_shot=few_shot,
             few_shot_select=few_shot_select,
             seed=seed,

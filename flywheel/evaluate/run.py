@@ -42,7 +42,7 @@ from ..query import connect
 from ..relabel import recording_client
 from ..train.config import Pipeline
 from .asking import TAG_CANDIDATE, TAG_EXAMPLE, Asker, EvalError, EvalProgress, EvalResult, link_calls
-from .candidates import Candidate, candidates_for
+from .candidates import REFERENCE, Candidate, candidates_for
 from .examples import ExportedSplit, examples_of, export_by_id, newest_export
 from .fewshot import Selection, ShotPicker
 from .judge import judge_run_async
@@ -73,6 +73,7 @@ async def run_eval_async(
     models: Sequence[str],
     *,
     judge: str | None = None,
+    judge_against: str | None = None,
     few_shot: int | None = None,
     few_shot_select: Selection | None = None,
     seed: int | None = None,
@@ -90,7 +91,8 @@ async def run_eval_async(
     OpenAI-compatible API the candidates and the judge answer on (default: the eval table's
     ``base_url`` and ``api_key_env``, else ``OPENAI_BASE_URL``/``OPENAI_API_KEY``).
     ``client_factory`` makes the client instead (Azure, tests); a plain ``openai`` client is
-    wrapped to record into ``database_url``. ``run_id`` continues that run.
+    wrapped to record into ``database_url``. ``run_id`` continues that run. ``judge_against``: what
+    the judge compares each candidate with, ``"reference"`` (the default) or another candidate.
     """
     settings = pipeline.eval
     k = settings.few_shot if few_shot is None else few_shot
@@ -103,7 +105,13 @@ async def run_eval_async(
     selection: Selection = few_shot_select or settings.few_shot_select
     with connect(database_url) as conn:
         candidates = candidates_for(models, k, _fine_tuned_models(conn, pipeline.name))
-        run = _open_run(conn, pipeline, candidates, judge, selection, seed, run_id, step_time(now))
+        opponent = judge_against or settings.judge_against
+        if opponent != REFERENCE and opponent not in {candidate.name for candidate in candidates}:
+            raise UsageError(
+                f"{opponent!r} is not among the candidates: {', '.join(models)}", "--judge-against"
+            )
+        plan = {"few_shot_select": selection, "judge_against": opponent}
+        run = _open_run(conn, pipeline, candidates, judge, plan, seed, run_id, step_time(now))
         split = export_by_id(conn, run.export_id)
         examples = list(examples_of(conn, split))
         conn.commit()
@@ -124,7 +132,7 @@ async def run_eval_async(
                 tally = await judge_run_async(
                     conn, client, run_id=run.id, judge_model=run.judge, examples=examples,
                     candidates=run.candidates, seed=run.seed, bias_fraction=settings.bias_sample,
-                    concurrency=width, now=now,
+                    opponent=run.opponent, concurrency=width, now=now,
                 )  # fmt: skip
                 result.judged = tally.as_dict()
             result.finished = result.failed == 0 and (result.judged is None or not result.judged["failed"])
@@ -144,6 +152,8 @@ class _RunRow:
     candidates: list[Candidate]
     seed: int
     judge: str | None
+    opponent: str
+    """What the judge compares each candidate with: ``reference`` or another candidate."""
     resumed: bool
 
 
@@ -152,7 +162,7 @@ def _open_run(
     pipeline: Pipeline,
     candidates: list[Candidate],
     judge: str | None,
-    selection: Selection,
+    plan: dict[str, Any],
     seed: int | None,
     run_id: str | None,
     moment: datetime,
@@ -165,17 +175,18 @@ def _open_run(
         if row is None or row.pipeline != pipeline.name:
             raise UsageError(f"no eval run {run_id!r} for pipeline {pipeline.name!r}", "--run")
         stored = [Candidate.from_dict(item) for item in orjson.loads(row.candidates)]
-        return _RunRow(row.id, row.export_id, stored, row.seed, row.judge, True)
+        opponent = orjson.loads(row.settings).get("judge_against", REFERENCE)
+        return _RunRow(row.id, row.export_id, stored, row.seed, row.judge, opponent, True)
     split = newest_export(conn, pipeline.dataset, pipeline=pipeline.name)
-    plan = {"few_shot_select": selection}
     for row in conn.execute(
         sa.select(eval_runs)
         .where(r.pipeline == pipeline.name, r.export_id == split.export_id, r.status != "finished")
         .order_by(r.created_at.desc())
     ):
         same = orjson.loads(row.candidates) == spec and row.judge == judge and seed in (None, row.seed)
-        if same and orjson.loads(row.settings).get("few_shot_select") == plan["few_shot_select"]:
-            return _RunRow(row.id, row.export_id, candidates, row.seed, judge, True)
+        settings = orjson.loads(row.settings)
+        if same and all(settings.get(key) == value for key, value in plan.items()):
+            return _RunRow(row.id, row.export_id, candidates, row.seed, judge, plan["judge_against"], True)
     new_id = uuid.uuid4().hex
     chosen = secrets.randbelow(2**31) if seed is None else seed
     with write_transaction(conn):
@@ -188,7 +199,7 @@ def _open_run(
                 examples=len(split.test), created_at=moment, updated_at=moment,
             )
         )  # fmt: skip
-    return _RunRow(new_id, split.export_id, candidates, chosen, judge, False)
+    return _RunRow(new_id, split.export_id, candidates, chosen, judge, plan["judge_against"], False)
 
 
 def _close_run(conn: Connection, run_id: str, finished: bool, moment: datetime) -> None:

@@ -29,6 +29,8 @@ class EvalSettings(BaseModel):
         api_key_env: the environment variable its API key is read from (never the key).
         concurrency: requests in flight at once.
         judge: a model that compares answers pairwise; none by default.
+        judge_against: what the judge compares each candidate with: ``"reference"`` (the test
+            example's reference answer) or another candidate's name.
         few_shot: also run each base model with this many training examples as prior turns.
         few_shot_select: how those examples are picked: ``"random"``, or the most ``"similar"``
             inputs (by the dedup step's MinHash sketches).
@@ -44,6 +46,7 @@ class EvalSettings(BaseModel):
     api_key_env: str = Field(default="OPENAI_API_KEY", min_length=1)
     concurrency: int = Field(default=8, ge=1)
     judge: str | None = Field(default=None, min_length=1)
+    judge_against: str = Field(default="reference", min_length=1)
     few_shot: int = Field(default=0, ge=0, le=64)
     few_shot_select: Literal["random", "similar"] = "random"
     bias_sample: float = Field(default=0.2, ge=0, le=1)

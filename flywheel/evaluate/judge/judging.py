@@ -227,34 +227,40 @@ async def judge_run_async(
     candidates: Sequence[Candidate],
     seed: int,
     bias_fraction: float = BIAS_SAMPLE_FRACTION,
+    opponent: str = REFERENCE,
     concurrency: int = 8,
     now: datetime | None = None,
     progress: Progress | None = None,
 ) -> JudgeTally:
-    """Judge each candidate of run ``run_id`` against the reference answers, from its stored outputs.
+    """Judge each candidate of run ``run_id`` against ``opponent``, from their stored outputs: the
+    reference answers (``REFERENCE``, the default) or another candidate of the run (which is then
+    not judged against itself).
 
-    An example a candidate has no ``eval_outputs`` row for yet is left out (a later run judges it);
-    a row with no output (the candidate errored) loses. The bias sample is ``bias_fraction`` of the
-    examples, at least 10 (``default_bias_size``); none when ``bias_fraction`` is 0.
+    An example a candidate (or the opponent) has no ``eval_outputs`` row for yet is left out (a
+    later run judges it); a row with no output (the candidate errored) loses. The bias sample is
+    ``bias_fraction`` of the examples, at least 10 (``default_bias_size``); none when it is 0.
     """
     o = eval_outputs.c
     stored: dict[tuple[str, str], Mapping[str, Any] | None] = {}
     for row in conn.execute(sa.select(o.candidate, o.call_id, o.output).where(o.run_id == run_id)):
         stored[(row.candidate, row.call_id)] = orjson.loads(row.output) if row.output is not None else None
     conn.commit()
+    against_reference = opponent == REFERENCE
     pairs = [
         JudgePair(
             example.call_id,
             candidate.name,
-            REFERENCE,
+            opponent,
             example.messages,
             example.request.get("tools") or None,
             stored[(candidate.name, example.call_id)],
-            example.reference,
+            example.reference if against_reference else stored[(opponent, example.call_id)],
         )
         for candidate in candidates
+        if candidate.name != opponent
         for example in examples
         if (candidate.name, example.call_id) in stored
+        and (against_reference or (opponent, example.call_id) in stored)
     ]
     size = default_bias_size(len(examples), bias_fraction) if bias_fraction > 0 else 0
     return await judge_pairs(
