@@ -7,14 +7,19 @@ upstream (``EvalUpstream``) where the fine-tuned model is right and the base mod
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from flywheel.evaluate.promote import promote
+from flywheel.evaluate.report import eval_report
+from flywheel.evaluate.run import run_eval
 from flywheel.mock_server import FineTuneTiming, MockServer
 from flywheel.train.config import load_config
 from flywheel.train.watch import PassResult, Watcher
+from sdk._pricing import PriceTable
 from tests.eval_helpers import EvalUpstream, log_tickets, write_eval_config
 from tests.sdk_helpers import prepare_store
 from tests.train_helpers import rows
@@ -82,3 +87,31 @@ def test_watch_promotes_a_better_job_by_the_margin_once(
     asked = len(upstream.seen)
     assert watcher.run_pass().promotions == []
     assert len(upstream.seen) == asked
+
+
+def test_break_even_against_the_model_a_fine_tune_replaces(
+    db_url: str, servers: tuple[MockServer, EvalUpstream], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mock, upstream = servers
+    monkeypatch.setenv("FLYWHEEL_TEST_EVAL_KEY", "sk-eval")
+    prepare_store(db_url)
+    log_tickets(db_url, upstream.base_url, 0, 48)
+    config = load_config(_config(tmp_path, mock, upstream, 0.05))
+    promoted = _until_decided(Watcher(db_url, config)).promotions[0]["model"]
+    pipeline = config.pipeline("classify")
+    # The app used gpt-4o before: evaluate the fine-tune against it, with it as the current model.
+    promote(db_url, pipeline, "gpt-4o")
+    run_eval(db_url, pipeline, ["gpt-4o", promoted])
+    big, tuned = eval_report(db_url, pipeline)["models"]
+    training = tuned["training"]
+    job = rows(db_url, "SELECT id, base_model, trained_tokens FROM fine_tune_jobs")[0]
+    price = PriceTable.load().training_price(job.base_model)
+    assert price is not None and job.trained_tokens
+    assert training["job_id"] == job.id and training["compared_with"] == "gpt-4o"
+    assert training["training_cost_usd"] == pytest.approx(job.trained_tokens * price / 1e6)
+    saving = big["cost_per_1k_usd"] - tuned["cost_per_1k_usd"]
+    assert saving > 0 and training["saving_per_1k_usd"] == pytest.approx(saving, abs=1e-6)
+    assert training["break_even_requests"] == math.ceil(
+        training["training_cost_usd"] / (training["saving_per_1k_usd"] / 1000)
+    )
+    assert big["training"] is None

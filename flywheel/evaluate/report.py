@@ -10,8 +10,8 @@ Cost: every recorded attempt of a candidate's calls is paid for, so ``cost_per_1
 total cost over the examples answered, times 1,000; ``null`` when any call's model is missing from
 the price table (a partial sum would flatter it). Latency: answered calls only (p50/p95, linear
 interpolation). Break-even: a fine-tuned candidate's training cost (the job's billed tokens at the
-training price, else its estimate) over what each request saves against the model it replaces (its
-base model when that ran, else the first plain base model).
+training price, else its estimate) over what each request saves against the model it would
+replace (the pipeline's current model when that ran, else the first plain candidate).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .candidates import Candidate
 from .examples import Example, examples_of, export_by_id
 from .judge import Judgment, judge_summaries, judgments_of
 from .metrics import METRIC_GROUPS, ExampleScores, aggregate, message_text, per_example_score, score_example
+from .promote import current_model
 from .run import TAG_CANDIDATE
 from .scorers import load_scorers, score_with
 
@@ -78,6 +79,7 @@ def eval_report(database_url: str, pipeline: Pipeline, *, run_id: str | None = N
         spend = _spend(conn, run.id)
         judged = judgments_of(conn, run.id)
         jobs = _jobs(conn, [c.model for c in candidates if c.fine_tuned])
+        replaced = current_model(conn, pipeline)
     warnings: list[str] = []
     scored: dict[str, dict[str, ExampleScores]] = {}
     models = []
@@ -108,7 +110,7 @@ def eval_report(database_url: str, pipeline: Pipeline, *, run_id: str | None = N
         if errors:
             warnings.append(f"{candidate.name}: {errors} requests rejected by the API (scored as wrong)")
     _add_judge(models, judged, run.seed, warnings)
-    _add_training(models, candidates, jobs)
+    _add_training(models, candidates, jobs, replaced)
     if len(examples) < SMALL_SPLIT:
         warnings.append(f"only {len(examples)} test examples: the intervals are wide")
     if run.status != "finished":
@@ -235,7 +237,10 @@ def _add_judge(
 
 
 def _add_training(
-    models: list[dict[str, Any]], candidates: Sequence[Candidate], jobs: Mapping[str, Any]
+    models: list[dict[str, Any]],
+    candidates: Sequence[Candidate],
+    jobs: Mapping[str, Any],
+    replaced: str | None,
 ) -> None:
     by_name = {model["model"]: model for model in models}
     prices = PriceTable.load(_config.price_files())
@@ -251,9 +256,9 @@ def _add_training(
             if job.trained_tokens is not None and price is not None
             else job.estimated_cost_usd
         )
-        compared = by_name.get(job.base_model) or next(
-            (by_name[c.name] for c in candidates if not c.fine_tuned and not c.few_shot), None
-        )
+        plain = (by_name[c.name] for c in candidates if not c.fine_tuned and not c.few_shot)
+        compared = by_name.get(replaced or "") if replaced != candidate.name else None
+        compared = compared or next(plain, None)
         saving = None
         if (
             compared is not None
