@@ -7,7 +7,9 @@ store with the SQL to look at it. Then it runs the flywheel on the ``classify-v2
 dataset, dedup, a relabel by a teacher model (the mock server again), and an export of
 train/test files that pass validation; and then the training loop (``quickstart_training``):
 below the threshold no job, more traffic, one job launched on the mock provider, polled to
-success, its model id recorded. Needs no network and no API key.
+success, its model id recorded; and last the eval (``quickstart_eval``): the base model against the
+fine-tuned one on the held-out test split, the report, a promotion, and an app call through
+``model="flywheel:triage"`` that reaches the new model. Needs no network and no API key.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from sdk import _config
 
 from .train.jobs import TrackedJob
+
+if TYPE_CHECKING:
+    from .quickstart_eval import EvalTour
 
 TICKETS = [
     ("billing", "I was charged twice for my October invoice."),
@@ -36,7 +41,13 @@ TICKETS = [
     ("other", "How do I add a teammate to my workspace?"),
 ]
 
-SYSTEM = "You are a support triage assistant. Reply with one category: billing, login, bug or other."
+# A category question (the mock server's category rule, docs/mock-server.md): a large model reads the
+# descriptions, a small one only the names, so the teacher and the app's model answer differently.
+SYSTEM = (
+    'You are a support triage assistant. Reply in JSON as {"category": ...} with one category: '
+    "billing (invoices, charges, refunds, payment, fees, VAT), login (sign in, logged out, password, "
+    "SSO, 2FA, two-factor, locked out, reset link), bug (error, crash, broken, fails) or other."
+)
 
 # More tickets, varied the way real traffic is (what went wrong, with what, and the customer's own
 # words), and now and then a near-copy of an earlier one (a customer writing again, a word
@@ -96,6 +107,8 @@ class QuickstartResult:
     """The export's manifest.json."""
     job: TrackedJob | None = None
     """The training job the loop launched (``None`` when the thresholds were not met)."""
+    eval_tour: EvalTour | None = None
+    """The eval, promotion and routed call (``None`` when the pipeline has no fine-tuned model)."""
 
 
 def _messages(text: str) -> list[dict[str, str]]:
@@ -243,7 +256,8 @@ def run_quickstart(
         exported = _run_flywheel(url, server.base_url, Path(out_dir), echo)
         sdk.flush(timeout=60)
         job = _run_training(url, server.base_url, Path(out_dir), echo)
-    return QuickstartResult(url, server.base_url, sent, before, after, errors, exported, job)
+        tour = _run_eval(url, server.base_url, Path(out_dir), job, echo)
+    return QuickstartResult(url, server.base_url, sent, before, after, errors, exported, job, tour)
 
 
 def _run_training(url: str, base_url: str, out_dir: Path, echo: Callable[[str], Any]) -> TrackedJob | None:
@@ -272,6 +286,20 @@ def _run_training(url: str, base_url: str, out_dir: Path, echo: Callable[[str], 
         echo("  (the mock's stand-in model answers with the reply it was trained on for the closest ticket)")
     sdk.flush(timeout=60)
     return job
+
+
+def _run_eval(
+    url: str, base_url: str, out_dir: Path, job: TrackedJob | None, echo: Callable[[str], Any]
+) -> EvalTour | None:
+    """The last part, on the model this run's job made."""
+    from .quickstart_eval import run_eval_tour
+
+    if job is None or not job.fine_tuned_model:
+        # An earlier run's model lived in that run's mock server (its models are kept in memory).
+        echo("")
+        echo("No new fine-tuned model this run, so no eval: start with a fresh store (--db) to see it.")
+        return None
+    return run_eval_tour(url, base_url, out_dir / "flywheel.toml", job.fine_tuned_model, SYSTEM, echo)
 
 
 def _run_flywheel(url: str, base_url: str, out_dir: Path, echo: Callable[[str], Any]) -> dict[str, Any]:
@@ -326,6 +354,14 @@ The training loop:
   flywheel jobs show 1
   flywheel config check --config flywheel-export/flywheel.toml
   SELECT id, status, fine_tuned_model, train_examples, estimated_cost_usd FROM fine_tune_jobs;
+
+The eval, the promotion and the route (open flywheel-export/eval.html in a browser):
+  flywheel eval report triage --config flywheel-export/flywheel.toml
+  flywheel promote triage --history --config flywheel-export/flywheel.toml
+  flywheel promote triage --rollback --config flywheel-export/flywheel.toml
+  SELECT pipeline, model, previous_model, action, reason FROM promotions;
+  SELECT c.model, count(*) FROM calls c JOIN call_tags t ON t.call_id = c.id
+    WHERE t.key = 'flywheel_route' AND t.value = 'triage' GROUP BY c.model;
 
 Review by hand:
   flywheel review export triage --out review.jsonl   # edit the "output" of some lines, then:

@@ -1,10 +1,11 @@
 """The quickstart's second half: the training loop, offline, printed as it happens.
 
-A pipeline over the quickstart's ``classify-v2`` traffic is written to ``flywheel.toml`` (in the
-export directory), pointed at the quickstart's mock server as its fine-tuning provider. One
-``watch`` pass finds too few examples; more traffic arrives; the next pass crosses the threshold
-and launches one job; passes poll it through the mock provider's timed lifecycle to
-``succeeded``; the fine-tuned model's id is recorded, and the model answers a ticket.
+A pipeline over the quickstart's ``classify-v2`` traffic (dedup, a relabel by the teacher, export)
+is written to ``flywheel.toml`` (in the export directory), pointed at the quickstart's mock server
+as its teacher, fine-tuning provider and eval endpoint. One ``watch`` pass finds too few
+examples; more traffic arrives; the next pass crosses the threshold and launches one job; passes
+poll it through the mock provider's timed lifecycle to ``succeeded``; the fine-tuned model's id is
+recorded, and the model answers a ticket.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .train.jobs import TrackedJob, list_jobs
 from .train.poll import poll_jobs
 from .train.watch import Watcher, decisions_to
 
-__all__ = ["run_training_loop"]
+__all__ = ["ask_model", "login_tickets", "run_training_loop", "temporary_env"]
 
 PIPELINE = "triage"
 KEY_ENV = "FLYWHEEL_QUICKSTART_API_KEY"
@@ -31,7 +32,8 @@ POLL_EVERY_S = 0.5
 WAIT_FOR_JOB_S = 120.0
 
 # More traffic: login and account tickets, a different vocabulary from the billing ones, so dedup
-# keeps them (any two share at most one of their three parts).
+# keeps them (any two share at most one of their three parts). One context in six names the
+# category, so a small model that reads only the category names (the mock's rule) gets some right.
 LOGIN_PROBLEMS = [
     "cannot sign in to",
     "never receive the reset link for",
@@ -54,7 +56,7 @@ LOGIN_CONTEXTS = [
     "The whole team is blocked right now.",
     "Our IT department says the domain is verified.",
     "It worked fine until this morning.",
-    "Support chat keeps disconnecting.",
+    "The login page just keeps reloading.",
 ]
 
 CONFIG = """\
@@ -62,6 +64,7 @@ CONFIG = """\
 [pipelines.{pipeline}]
 filter = {{ tags = {{ prompt_id = "classify-v2" }}, status = "ok" }}
 dedup = true
+relabel = {{ model = "gpt-4o", base_url = "{base_url}", api_key_env = "{key_env}" }}   # the teacher
 export = {{ test_fraction = 0.2 }}
 
 [pipelines.{pipeline}.train]
@@ -74,6 +77,10 @@ retrain_after_new = 100
 hyperparameters = {{ n_epochs = 3 }}
 suffix = "triage"
 max_cost_usd = 5
+
+[pipelines.{pipeline}.eval]
+base_url = "{base_url}"            # the candidates answer on the mock server too
+api_key_env = "{key_env}"
 """
 
 
@@ -96,7 +103,8 @@ class _Echo(logging.Handler):
 
 
 @contextlib.contextmanager
-def _variable(name: str, value: str) -> Iterator[None]:
+def temporary_env(name: str, value: str) -> Iterator[None]:
+    """Set environment variable ``name`` to ``value`` for the block; the old value after it."""
     previous = os.environ.get(name)
     os.environ[name] = value
     try:
@@ -124,7 +132,7 @@ def run_training_loop(
     before = {job.id for job in list_jobs(url, PIPELINE)}
     echo("")
     echo(f"The training loop ({config_path}: min_examples = {MIN_EXAMPLES}, the mock server as provider)")
-    with _variable(KEY_ENV, "sk-quickstart"), decisions_to(_Echo(echo)):
+    with temporary_env(KEY_ENV, "sk-quickstart"), decisions_to(_Echo(echo)):
         watcher = Watcher(url, load_config(config_path))
         echo(f"$ flywheel watch --once --config {config_path}")
         watcher.run_pass()

@@ -39,11 +39,14 @@ from ._base import (
     help="Where the exported train/test files go.",
 )
 def quickstart_command(db_url: str | None, out_dir: str) -> None:
-    """Offline tour: from app traffic through sdk.OpenAI to validated fine-tuning files.
+    """Offline tour: from app traffic through sdk.OpenAI to a fine-tuned model that apps switch to.
 
     Needs no network and no API key. Starts the mock server; records sync, async and streamed
     calls, a tool call, a retried and a failing one into the store (default ./flywheel.db); then
-    creates a dataset, dedups it, relabels it with a teacher model and exports train/test JSONL.
+    creates a dataset, dedups it, relabels it with a teacher model and exports train/test JSONL;
+    runs the training loop to a fine-tuned (stand-in) model; evaluates it against the base model
+    on the held-out split, promotes it, and shows an app call through model="flywheel:triage"
+    reaching it.
     """
     from flywheel.quickstart import NEXT_STEPS, run_quickstart
 

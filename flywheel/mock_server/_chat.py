@@ -3,7 +3,8 @@
 The reply is planned once by a pure function (``plan_chat``) and then rendered either as one
 ``chat.completion`` object or as a stream of ``chat.completion.chunk`` events, so the streamed
 pieces always reassemble to exactly the non-streamed body. A fine-tuned model this server produced
-answers with the reply of its most similar training example (``_tuned_models``).
+answers with the reply of its most similar training example (``_tuned_models``); a question that
+asks for one category from a list gets the category rule's answer (``_categories``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ._categories import category_reply
 from ._http import (
     SSE_DONE,
     MockAPIError,
@@ -101,6 +103,8 @@ def plan_chat(
     learned = examples.reply_for(messages) if examples is not None else None
     if learned is not None and structured is not None and not _is_json(learned):
         learned = None  # asked for JSON, learned prose: the schema wins
+    if learned is None:  # a category question gets the stand-in rule's answer (``_categories``)
+        learned = category_reply(model, messages, body.get("response_format"))
     reasoning = REASONING_TOKENS if is_reasoning_model(model) else 0
     choices: list[PlannedChoice] = []
     completion_tokens = reasoning_tokens = 0
