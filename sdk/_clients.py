@@ -21,12 +21,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
+import orjson
 from openai._resource import AsyncAPIResource, SyncAPIResource
 
 from . import _config, _health
 from ._exchange import RecordOptions
 from ._routing import ROUTE_PREFIX, route_call, route_call_async
-from ._tags import TAG_HEADER, coerce_tags, context_tags, merge_tags, parse_tag_header, tag_header_value
+from ._tags import TAG_HEADER, coerce_tags, context_tags, merge_tags, parse_tag_header, per_call_layer
 from ._transport import EXTENSION, install
 
 __all__ = ["AsyncAzureOpenAI", "AsyncOpenAI", "AzureOpenAI", "OpenAI", "wrap"]
@@ -42,9 +43,10 @@ _KEEP: Any = object()
 
 def _with_tags(kwargs: dict[str, Any], tags: object) -> None:
     try:
-        value = tag_header_value(tags)
-        if value is not None:
-            headers = kwargs.get("extra_headers")
+        headers = kwargs.get("extra_headers")
+        layer = per_call_layer(tags, headers)
+        if layer:
+            value = orjson.dumps(layer).decode()
             kwargs["extra_headers"] = {**headers, TAG_HEADER: value} if headers else {TAG_HEADER: value}
     except Exception as exc:
         _health.report_error("tags", exc)

@@ -31,15 +31,12 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from . import _config, _health
 from ._route_store import Routes, load_promoted, read_cache, read_config, route_engine, write_cache
-from ._tags import TAG_HEADER, coerce_tags, parse_tag_header
+from ._tags import coerce_tags
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -51,7 +48,7 @@ __all__ = [
     "route_call",
     "route_call_async",
     "route_table",
-    "routed_tags",
+    "with_route",
 ]
 
 
@@ -66,21 +63,10 @@ ASYNC_POLL_S = 0.005
 # --- pure functions ---------------------------------------------------------------------------
 
 
-def routed_tags(tags: object, extra_headers: object, name: str) -> dict[str, str | None]:
-    """The call's per-call tags with ``flywheel_route=NAME`` on top.
-
-    Tags already in ``extra_headers`` (``sdk.tag_headers(...)``, or the outer call of a helper
-    such as ``.stream()``) are kept below the ``tags=`` keyword, so nothing the caller gave is lost.
-    """
-    layer: dict[str, str | None] = {}
-    if isinstance(extra_headers, Mapping):
-        header = extra_headers.get(TAG_HEADER)
-        if isinstance(header, str):
-            layer.update(parse_tag_header(header))
-    if tags is not None:
-        layer.update(coerce_tags(tags))  # type: ignore[arg-type]  # coerce_tags reports non-mappings
-    layer[ROUTE_TAG] = name
-    return layer
+def with_route(tags: object, name: str) -> dict[str, str | None]:
+    """The call's ``tags=`` with ``flywheel_route=NAME`` on top: the route tag says what happened,
+    so a caller's own ``flywheel_route`` cannot hide it."""
+    return {**coerce_tags(tags), ROUTE_TAG: name}  # type: ignore[arg-type]  # reports non-mappings
 
 
 def _describe(exc: BaseException) -> str:
@@ -327,19 +313,13 @@ def _apply(table: RouteTable, name: str, model: str | None, kwargs: dict[str, An
         )
     else:
         kwargs["model"] = model
-    # The merged tags go straight into the private header; None tells the caller nothing is left
-    # to add (``tags=`` is folded in), which spares coercing and serializing them twice.
-    headers = kwargs.get("extra_headers")
-    layer = {ROUTE_TAG: name} if tags is None and not headers else routed_tags(tags, headers, name)
-    value = orjson.dumps(layer).decode()
-    kwargs["extra_headers"] = {**headers, TAG_HEADER: value} if headers else {TAG_HEADER: value}
-    return None
+    return with_route(tags, name)
 
 
 def route_call(resource: Any, kwargs: dict[str, Any], tags: object) -> object:
-    """Resolve ``kwargs["model"]`` (``"flywheel:NAME"``) in place and put the call's tags, with
-    ``flywheel_route=NAME``, into its tag header. Returns the tags still to add: ``None``, or the
-    caller's ``tags`` untouched if routing failed.
+    """Resolve ``kwargs["model"]`` (``"flywheel:NAME"``) in place; returns the call's tags with
+    ``flywheel_route=NAME`` (``with_route``), or the caller's ``tags`` untouched if routing failed.
+    The tagging method then adds them as any per-call tags (``_clients._with_tags``).
 
     Never raises: on an unexpected failure the call goes out as the app wrote it.
     """

@@ -26,6 +26,7 @@ __all__ = [
     "coerce_tags",
     "context_tags",
     "merge_tags",
+    "per_call_layer",
     "tag_header_value",
     "tag_headers",
     "tags",
@@ -105,6 +106,16 @@ def tags(mapping: Mapping[str, object] | None = None, /, **kwargs: object) -> It
         yield
     finally:
         _context.reset(token)
+
+
+def per_call_layer(tags: object, extra_headers: object) -> dict[str, str | None]:
+    """A call's per-call tags: those already in its ``extra_headers`` (``sdk.tag_headers(...)``, or
+    an outer helper call such as ``.stream()``), with ``tags=`` above them, so neither is lost."""
+    layer = coerce_tags(tags)  # type: ignore[arg-type]  # coerce_tags reports non-mappings itself
+    header = extra_headers.get(TAG_HEADER) if isinstance(extra_headers, Mapping) else None
+    if isinstance(header, str):
+        layer = {**parse_tag_header(header), **layer}
+    return layer
 
 
 def tag_header_value(raw: object) -> str | None:

@@ -35,7 +35,7 @@ from flywheel.evaluate.promote import promote, rollback
 from flywheel.train.config import load_config
 from sdk import _route_store, _routing
 from sdk._migrate import upgrade
-from sdk._tags import TAG_HEADER
+from sdk._tags import TAG_HEADER, per_call_layer
 
 REPO = Path(__file__).resolve().parent.parent
 REFRESH_S = 0.2
@@ -696,15 +696,18 @@ def test_saved_routes_round_trip_and_reject_anything_else() -> None:
 
 def test_routed_tags_keep_header_tags_below_call_tags_and_name_the_route() -> None:
     headers = {TAG_HEADER: json.dumps({"k": "header", "h": "1"}), "x-other": "y"}
-    assert _routing.routed_tags({"k": "call", "n": 2}, headers, "classify") == {
+    # What every tagging method sends (routed or not): header tags below tags=, neither lost.
+    assert per_call_layer(_routing.with_route({"k": "call", "n": 2}, "classify"), headers) == {
         "k": "call",
         "h": "1",
         "n": "2",
         "flywheel_route": "classify",
     }
-    assert _routing.routed_tags(None, None, "c") == {"flywheel_route": "c"}
+    assert per_call_layer(_routing.with_route(None, "c"), None) == {"flywheel_route": "c"}
+    assert per_call_layer({"k": "call"}, headers) == {"k": "call", "h": "1"}
+    assert per_call_layer(None, None) == {}
     # The route tag describes what happened; a caller's own flywheel_route cannot hide it.
-    assert _routing.routed_tags({"flywheel_route": "other"}, None, "c") == {"flywheel_route": "c"}
+    assert _routing.with_route({"flywheel_route": "other"}, "c") == {"flywheel_route": "c"}
 
 
 def test_saved_routes_file_is_private_and_replaced_whole(tmp_path: Path) -> None:
