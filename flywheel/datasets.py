@@ -22,7 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement, FromClause
 
@@ -52,12 +53,14 @@ __all__ = [
     "entries_at",
     "entries_with_outputs",
     "get_dataset",
+    "insert_skipping_existing",
     "list_datasets",
     "record_version",
     "require_dataset",
     "save_setting",
     "step_time",
     "store_transaction",
+    "trainable_conditions",
     "update_dataset",
     "write_transaction",
 ]
@@ -69,11 +72,11 @@ CHAT_ENDPOINT = "/chat/completions"
 ANALYZE_FROM = 10_000
 """New entries from which ``dataset create``/``update`` refresh PostgreSQL's statistics of the table."""
 TEACHER_TAG = "flywheel_relabel"
+"""The tag on the calls ``flywheel relabel`` makes: never taken into a dataset."""
 EVAL_TAG = "flywheel_eval"
 """Tag of every call an evaluation makes (candidates and judge): ``flywheel_eval=<run id>``."""
 FLYWHEEL_CALL_TAGS = (TEACHER_TAG, EVAL_TAG)
 """Calls the flywheel makes itself; they never become training data."""
-"""The tag on the calls ``flywheel relabel`` makes: never taken into a dataset."""
 
 
 class NotFoundError(UsageError):
@@ -241,6 +244,13 @@ def write_transaction(conn: Connection) -> Iterator[None]:
     conn.commit()
 
 
+def insert_skipping_existing(conn: Connection, table: sa.Table, unique: Sequence[str]) -> Any:
+    """An insert into ``table`` that skips rows whose ``unique`` columns another writer stored
+    first (``ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL alike)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=list(unique))
+
+
 def record_version(
     conn: Connection, dataset_id: int, version: int, action: str, details: Mapping[str, Any], moment: datetime
 ) -> None:
@@ -317,7 +327,7 @@ def count_entries(conn: Connection, dataset_id: int, version: int) -> int:
 
 def count_new_calls(conn: Connection, dataset_id: int | None, call_filter: CallFilter) -> int:
     """How many calls ``call_filter`` selects that an update would take in (all, with no dataset)."""
-    conditions = [*filter_conditions(call_filter), *_trainable()]
+    conditions = [*filter_conditions(call_filter), *trainable_conditions()]
     if dataset_id is not None:
         conditions.append(
             ~sa.exists().where(
@@ -353,7 +363,7 @@ def _take_in(
         )
         .where(
             *filter_conditions(call_filter),
-            *_trainable(),
+            *trainable_conditions(),
             ~already,
         )
         .order_by(calls.c.id)
@@ -375,7 +385,7 @@ def _take_in(
     return added
 
 
-def _trainable() -> list[ColumnElement[bool]]:
+def trainable_conditions() -> list[ColumnElement[bool]]:
     """Calls a fine-tuning example can be made of: answered chat completions, read to the end, that
     the app made (not the flywheel's own teacher and evaluation calls, ``FLYWHEEL_CALL_TAGS``)."""
     return [

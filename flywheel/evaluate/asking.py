@@ -20,13 +20,12 @@ from typing import Any, cast
 import openai
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 import sdk
 from sdk.schema import call_tags, calls, eval_outputs
 
-from ..datasets import EVAL_TAG, step_time, write_transaction
+from ..datasets import EVAL_TAG, insert_skipping_existing, step_time, write_transaction
 from ..errors import FlywheelError
 from ..finetune_format import UnconvertibleCallError, output_message
 from .candidates import Candidate, candidate_request
@@ -41,10 +40,13 @@ __all__ = [
     "EvalProgress",
     "EvalResult",
     "link_calls",
+    "stored_outputs",
 ]
 
 TAG_CANDIDATE = "flywheel_candidate"
 TAG_EXAMPLE = "flywheel_example"
+OUTPUT_KEY = ("run_id", "candidate", "call_id")
+"""The unique index of ``eval_outputs``: one answer per run, candidate and example."""
 BATCH_SIZE = 16
 COMMIT_INTERVAL_S = 1.0
 FLUSH_TIMEOUT_S = 10.0
@@ -238,22 +240,25 @@ class Asker:
         self.last_commit = time.monotonic()
         if rows:
             with write_transaction(self.conn):
-                self.conn.execute(_insert_new(self.conn).values(rows))
+                self.conn.execute(insert_skipping_existing(self.conn, eval_outputs, OUTPUT_KEY).values(rows))
         if self.progress is not None:
             done = self.result.answered + self.result.rejected
             self.progress(EvalProgress(done, self.result.failed, self.total))
 
 
-def _insert_new(conn: Connection) -> Any:
-    """An insert into ``eval_outputs`` that skips rows already there (another process's)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(eval_outputs).on_conflict_do_nothing(
-        index_elements=["run_id", "candidate", "call_id"]
-    )
+def stored_outputs(conn: Connection, run_id: str) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """(candidate, example call id) -> the stored answer of run ``run_id`` (``None``: rejected)."""
+    o = eval_outputs.c
+    rows = conn.execute(sa.select(o.candidate, o.call_id, o.output).where(o.run_id == run_id)).all()
+    conn.commit()
+    return {
+        (row.candidate, row.call_id): None if row.output is None else orjson.loads(row.output) for row in rows
+    }
 
 
 def link_calls(conn: Connection, run_id: str) -> None:
-    """Fill ``eval_call_id``: each output's answered, recorded call (after a flush)."""
+    """Fill ``eval_call_id`` where it is empty: each output's recorded call, its last attempt (a
+    rejected example's is the rejected call), found by its tags after a flush."""
     if not sdk.flush(timeout=FLUSH_TIMEOUT_S):
         return
     run_tag, candidate_tag, example_tag = (call_tags.alias(name) for name in ("r", "c", "e"))
@@ -268,7 +273,7 @@ def link_calls(conn: Connection, run_id: str) -> None:
             run_tag.c.key == EVAL_TAG, run_tag.c.value == run_id,
             candidate_tag.c.key == TAG_CANDIDATE, example_tag.c.key == TAG_EXAMPLE,
         )
-        .order_by(calls.c.id)
+        .order_by(calls.c.id.desc())  # the last attempt first: it is the one kept
     ).all()  # fmt: skip
     conn.commit()
     o = eval_outputs.c
@@ -276,6 +281,11 @@ def link_calls(conn: Connection, run_id: str) -> None:
         for candidate, call_id, eval_call in found:
             conn.execute(
                 sa.update(eval_outputs)
-                .where(o.run_id == run_id, o.candidate == candidate, o.call_id == call_id)
+                .where(
+                    o.run_id == run_id,
+                    o.candidate == candidate,
+                    o.call_id == call_id,
+                    o.eval_call_id.is_(None),
+                )
                 .values(eval_call_id=eval_call)
             )

@@ -26,7 +26,6 @@ from sdk.schema import calls, dataset_entries, datasets, entry_outputs, exports
 from ..datasets import current_output_id
 from ..errors import UsageError
 from ..finetune_format import UnconvertibleCallError, output_message
-from ..split import Side
 
 __all__ = ["Example", "ExportedSplit", "examples_of", "export_by_id", "newest_export"]
 
@@ -101,12 +100,15 @@ def export_by_id(conn: Connection, export_id: int) -> ExportedSplit:
     return _split(row)
 
 
-def examples_of(conn: Connection, split: ExportedSplit, side: Side = "test") -> Iterator[Example]:
-    """The examples on ``side`` of ``split``, in the export's order, a page of ids at a time.
+def examples_of(
+    conn: Connection, split: ExportedSplit, ids: Sequence[str] | None = None
+) -> Iterator[Example]:
+    """The examples of ``split``'s test side (or of the call ids ``ids``, e.g. some of its train
+    side), in that order, a page of ids at a time.
 
     A call whose answer cannot be a reference (it would not have been exported) is skipped.
     """
-    ids: Sequence[str] = split.test if side == "test" else split.train
+    ids = split.test if ids is None else ids
     e, c, o = dataset_entries.c, calls.c, entry_outputs.c
     joined = dataset_entries.join(calls, c.id == e.call_id).outerjoin(
         entry_outputs, o.id == current_output_id(split.dataset_version)

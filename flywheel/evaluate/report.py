@@ -28,18 +28,18 @@ from sqlalchemy.engine import Connection
 
 from sdk import _config
 from sdk._pricing import PriceTable
-from sdk.schema import call_tags, calls, eval_outputs, eval_runs, fine_tune_jobs
+from sdk.schema import call_tags, calls, eval_runs, fine_tune_jobs
 
 from ..datasets import EVAL_TAG
 from ..errors import UsageError
 from ..query import connect
 from ..train.config import Pipeline
+from .asking import TAG_CANDIDATE, stored_outputs
 from .candidates import Candidate
 from .examples import Example, examples_of, export_by_id
 from .judge import Judgment, judge_summaries, judgments_of
 from .metrics import METRIC_GROUPS, ExampleScores, aggregate, message_text, per_example_score, score_example
 from .promote import current_model
-from .run import TAG_CANDIDATE
 from .scorers import load_scorers, score_with
 
 __all__ = ["WORST_SHOWN", "eval_report", "find_run"]
@@ -136,12 +136,10 @@ def eval_report(database_url: str, pipeline: Pipeline, *, run_id: str | None = N
 
 
 def _outputs(conn: Connection, run_id: str) -> dict[str, dict[str, dict[str, Any] | None]]:
-    o = eval_outputs.c
+    """candidate -> example call id -> its stored answer."""
     found: dict[str, dict[str, dict[str, Any] | None]] = {}
-    for candidate, call_id, output in conn.execute(
-        sa.select(o.candidate, o.call_id, o.output).where(o.run_id == run_id)
-    ):
-        found.setdefault(candidate, {})[call_id] = None if output is None else orjson.loads(output)
+    for (candidate, call_id), output in stored_outputs(conn, run_id).items():
+        found.setdefault(candidate, {})[call_id] = output
     return found
 
 

@@ -236,7 +236,6 @@ def _shot_picker(conn: Connection, split: ExportedSplit, run: _RunRow, selection
     if len(train) > FEW_SHOT_POOL:  # a deterministic sample: the same pool when the run resumes
         step = len(train) / FEW_SHOT_POOL
         train = tuple(train[int(i * step)] for i in range(FEW_SHOT_POOL))
-    pool = list(examples_of(conn, ExportedSplit(split.export_id, split.dataset_id, split.dataset,
-                                                split.dataset_version, train, train)))  # fmt: skip
+    pool = list(examples_of(conn, split, train))
     conn.commit()
     return ShotPicker(pool, k, selection, run.seed)

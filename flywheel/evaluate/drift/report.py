@@ -56,12 +56,13 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sdk.schema import datasets, eval_runs, promotions
+from sdk.schema import datasets, eval_runs
 
 from ...errors import UsageError
 from ...near_duplicates import DEFAULT_THRESHOLD, Boilerplate, learn_boilerplate, near_duplicate_clusters
 from ...query import as_utc, connect
 from ...train.config import Pipeline
+from ..promote import current_model
 from .shifts import (
     LengthShift,
     MixShift,
@@ -211,7 +212,7 @@ def drift_report(
                 _no_training(pipeline, f"its dataset {pipeline.dataset!r} is empty"), pipeline.name
             )
         recent = recent_side(conn, pipeline, dataset.id, training, start, until, sample_limit)
-        current_model = _current_model(conn, pipeline)
+        current = current_model(conn, pipeline)
         report = DriftReport(
             pipeline=pipeline.name,
             dataset=pipeline.dataset,
@@ -226,9 +227,9 @@ def drift_report(
             recent_sampled=len(recent.sample),
             sample_limit=sample_limit,
             min_recent=min_recent,
-            current_model=current_model,
+            current_model=current,
         )
-        report.eval_reasons.extend(_eval_gaps(conn, pipeline, training, current_model))
+        report.eval_reasons.extend(_eval_gaps(conn, pipeline, training, current))
         if report.enough_traffic:
             training_inputs = call_inputs(conn, training.sample)
             if not training_inputs:
@@ -326,19 +327,6 @@ def _cluster_groups(
 
 
 # --- the verdict ------------------------------------------------------------------------------------
-
-
-def _current_model(conn: Connection, pipeline: Pipeline) -> str | None:
-    """The newest promotion's model, else the configured base model (``None`` without training)."""
-    promoted = conn.execute(
-        sa.select(promotions.c.model)
-        .where(promotions.c.pipeline == pipeline.name)
-        .order_by(promotions.c.id.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-    if promoted is not None:
-        return str(promoted)
-    return pipeline.train.base_model if pipeline.train is not None else None
 
 
 def _eval_gaps(

@@ -32,7 +32,7 @@ from sqlalchemy.sql import ColumnElement
 
 from sdk.schema import call_tags, calls, dataset_entries, exports
 
-from ...datasets import CHAT_ENDPOINT, FLYWHEEL_CALL_TAGS, entries_at
+from ...datasets import entries_at, trainable_conditions
 from ...near_duplicates import input_text
 from ...query import filter_conditions
 from ...tokens import count_messages, count_tools, load_encoding
@@ -135,11 +135,7 @@ def recent_conditions(
         *filter_conditions(pipeline.filter.refreshed(until)),
         calls.c.created_at >= start,
         calls.c.created_at < until,
-        calls.c.endpoint == CHAT_ENDPOINT,
-        calls.c.status_code.between(200, 299),
-        calls.c.complete.is_(True),
-        calls.c.response.is_not(None),
-        ~sa.exists().where(call_tags.c.call_id == calls.c.id, call_tags.c.key.in_(FLYWHEEL_CALL_TAGS)),
+        *trainable_conditions(),  # the calls a dataset would take in: the same rule, one place
         ~seen,
     ]
 

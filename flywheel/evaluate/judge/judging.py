@@ -33,16 +33,15 @@ from datetime import datetime
 from typing import Any, cast
 
 import openai
-import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 import sdk
-from sdk.schema import call_tags, calls, eval_judgments, eval_outputs
+from sdk.schema import call_tags, calls, eval_judgments
 
-from ...datasets import EVAL_TAG, Progress, step_time, write_transaction
+from ...datasets import EVAL_TAG, Progress, insert_skipping_existing, step_time, write_transaction
 from ...errors import FlywheelError, UsageError
+from ..asking import stored_outputs
 from ..candidates import REFERENCE, Candidate
 from ..examples import Example
 from .protocol import (
@@ -74,6 +73,8 @@ __all__ = [
 
 TAG_JUDGE = "flywheel_judge"
 TAG_JUDGE_ITEM = "flywheel_judge_item"
+JUDGMENT_KEY = ("run_id", "candidate", "opponent", "call_id", "shown_first")
+"""The unique index of ``eval_judgments``: one verdict per item and order shown."""
 BATCH_SIZE = 16
 COMMIT_INTERVAL_S = 1.0
 FLUSH_TIMEOUT_S = 10.0
@@ -240,11 +241,7 @@ async def judge_run_async(
     later run judges it); a row with no output (the candidate errored) loses. The bias sample is
     ``bias_fraction`` of the examples, at least 10 (``default_bias_size``); none when it is 0.
     """
-    o = eval_outputs.c
-    stored: dict[tuple[str, str], Mapping[str, Any] | None] = {}
-    for row in conn.execute(sa.select(o.candidate, o.call_id, o.output).where(o.run_id == run_id)):
-        stored[(row.candidate, row.call_id)] = orjson.loads(row.output) if row.output is not None else None
-    conn.commit()
+    stored = stored_outputs(conn, run_id)
     against_reference = opponent == REFERENCE
     pairs = [
         JudgePair(
@@ -421,7 +418,9 @@ class _Judging:
             j = eval_judgments.c
             with write_transaction(self.conn):
                 inserted = self.conn.execute(
-                    _insert_new(self.conn).returning(j.candidate, j.opponent, j.call_id, j.shown_first),
+                    insert_skipping_existing(self.conn, eval_judgments, JUDGMENT_KEY).returning(
+                        j.candidate, j.opponent, j.call_id, j.shown_first
+                    ),
                     values,
                 ).all()
             fresh = {tuple(key) for key in inserted}
@@ -463,11 +462,3 @@ class _Judging:
             if key is not None:
                 found[key] = call_id
         return found
-
-
-def _insert_new(conn: Connection) -> Any:
-    """An insert into ``eval_judgments`` that skips rows another process stored meanwhile."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(eval_judgments).on_conflict_do_nothing(
-        index_elements=["run_id", "candidate", "opponent", "call_id", "shown_first"]
-    )
