@@ -25,6 +25,7 @@ from train_helpers import (
 )
 
 from flywheel.cli import cli
+from flywheel.datasets import update_dataset
 from flywheel.mock_server import FineTuneTiming, MockServer
 from sdk._migrate import upgrade
 
@@ -64,12 +65,21 @@ def test_dry_run_plans_without_writing(db_url: str, tmp_path: Path, server: Mock
     assert plan["train_examples"] > 0 and plan["training_tokens"] > 0 and plan["epochs"] == 2
     assert plan["estimated_cost_usd"] == pytest.approx(plan["training_tokens"] * 2 * 3.0 / 1e6)
     # The plan is of the dataset as it is: its version has a job; 5 new calls wait for a pass.
-    assert plan["problem"] == "dataset version 1 already has job 1 (validating_files)"
+    assert plan["problem"] == (
+        "dataset classify version 1 already has job 1 (validating_files); a new job needs new data"
+    )
     assert plan["new_calls"] == 5
     text = run(db_url, config, "train", "classify", "--dry-run")
-    assert "estimated cost" in text.output and "Would not launch: dataset version 1" in text.output
+    assert "estimated cost" in text.output and "Would not launch: dataset classify version 1" in text.output
     assert every_text_in_store(db_url) == before
     assert len(provider_jobs(server.base_url)) == 1
+    # After a pass took the new calls in, the plan says what `train` would: job 1 is not done.
+    assert update_dataset(db_url, "classify").added == 5
+    after_pass = as_json(run(db_url, config, "train", "classify", "--dry-run", "--json"))
+    assert after_pass["dataset_version"] == 2
+    assert after_pass["problem"] == "job 1 of pipeline classify is still validating_files"
+    refused = run(db_url, config, "train", "classify")
+    assert refused.exit_code == 2 and "job 1 of pipeline classify is still validating_files" in refused.output
 
 
 def test_train_now_then_refuses_the_same_version(db_url: str, tmp_path: Path, server: MockServer) -> None:

@@ -19,6 +19,7 @@ from ..datasets import Progress
 from ..errors import FlywheelError
 from ..parallel import WORKERS_FROM, default_workers
 from ..query import TIME_FORMATS_HELP, CallFilter
+from ..train.cost import format_usd
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -204,6 +205,11 @@ def _db(db_url: str | None) -> str:
     return db_url or database_url()
 
 
+def _print_json(value: Any) -> None:
+    """One JSON document (an object or a list), indented, times in UTC."""
+    click.echo(orjson.dumps(value, option=orjson.OPT_UTC_Z | orjson.OPT_INDENT_2).decode())
+
+
 def _print_json_lines(items: Sequence[dict[str, Any]]) -> None:
     for item in items:
         click.echo(orjson.dumps(item, option=orjson.OPT_UTC_Z).decode())
@@ -233,12 +239,7 @@ def _ms(value: float | None) -> str:
     return f"{value:.0f}ms" if value < 1000 else f"{value / 1000:.2f}s"
 
 
-def _usd(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value == 0:
-        return "$0"
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}" if value >= 0.01 else f"${value:.6f}"
+_usd = format_usd
 
 
 def _cut(text: str, width: int) -> str:

@@ -6,13 +6,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-import orjson
 
 from ..evaluate.drift import DEFAULT_WINDOW, SAMPLE_LIMIT, DriftReport, drift_report
 from ..evaluate.drift.stats import p_text
 from ..query import TIME_FORMATS_HELP, parse_time
 from ..train.config import load_config
-from ._base import _db, _table, cli, db_option
+from ._base import _db, _print_json, _table, cli, db_option
 from ._config import config_option
 
 _WINDOW_TEXT = f"{DEFAULT_WINDOW.days}d"
@@ -54,7 +53,7 @@ def drift_command(
         _db(db_url), pipeline, since=parse_time(since, now), now=now, sample_limit=sample_limit
     )
     if as_json:
-        click.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        _print_json(report.as_dict())
         return
     click.echo(_report_text(report))
 

@@ -6,19 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
 from ..evaluate.report import eval_report
 from ..evaluate.report_html import render_html
 from ..evaluate.report_text import render_text
 from ..evaluate.run import mark_failed, run_eval
 from ..train.config import load_config
-from ._base import FlywheelGroup, _db, _progress_bar, cli, db_option, json_option
+from ._base import FlywheelGroup, _db, _print_json, _progress_bar, cli, db_option
 from ._config import config_option
-
-
-def _print_json(value: Any) -> None:
-    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 class _EvalGroup(FlywheelGroup):
@@ -56,7 +51,7 @@ def eval_group() -> None:
 @click.option("--run", "run_id", metavar="ID", help="Continue this run (default: the newest unfinished one).")
 @config_option
 @db_option
-@json_option
+@click.option("--json", "as_json", is_flag=True, help="Print what the run did as one JSON object.")
 def eval_run_command(
     name: str,
     models: str,
@@ -126,7 +121,12 @@ def eval_run_command(
 @click.option("--html", "html_path", metavar="FILE", help="Also write a self-contained HTML report.")
 @config_option
 @db_option
-@json_option
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report as one JSON object (the contract in docs/evaluation.md).",
+)
 def eval_report_command(
     name: str,
     run_id: str | None,

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
-import orjson
 
 from ..evaluate.promote import promote, promotion_history, rollback
 from ..train.config import load_config
-from ._base import _db, cli, db_option, json_option
+from ._base import _db, _print_json, cli, db_option
 from ._config import config_option
-
-
-def _print_json(value: Any) -> None:
-    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 @cli.command("promote")
@@ -25,7 +18,9 @@ def _print_json(value: Any) -> None:
 @click.option("--history", is_flag=True, help="Show the pipeline's model history instead.")
 @config_option
 @db_option
-@json_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the change (with --history: the list of changes) as JSON."
+)
 def promote_command(
     name: str,
     model: str | None,

@@ -16,12 +16,8 @@ from ..train.jobs import TrackedJob, get_job, list_jobs
 from ..train.plan import plan_training
 from ..train.poll import cancel_job
 from ..train.watch import Watcher, decisions_to, train_now
-from ._base import FlywheelGroup, _db, _table, _usd, cli, db_option, workers_option
+from ._base import FlywheelGroup, _db, _print_json, _table, _usd, cli, db_option, workers_option
 from ._config import config_option
-
-
-def _print_json(value: Any) -> None:
-    click.echo(orjson.dumps(value, option=orjson.OPT_UTC_Z | orjson.OPT_INDENT_2).decode())
 
 
 def _decisions_logged(quiet: bool = False) -> contextlib.AbstractContextManager[None]:

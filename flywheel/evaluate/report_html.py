@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
+from ..train.cost import format_usd
 from .svg_charts import IntervalRow, interval_chart, latency_chart
 
 __all__ = ["CONTENT_SECURITY_POLICY", "render_html"]
@@ -118,7 +119,7 @@ def _percent(value: float) -> str:
 
 
 def _usd(value: float) -> str:
-    return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"
+    return format_usd(value)
 
 
 def _estimate(estimate: Mapping[str, Any] | None, model: str, key: str, **extra: str) -> str:

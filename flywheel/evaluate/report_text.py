@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..train.cost import format_usd
+
 __all__ = ["render_text"]
 
 
@@ -65,7 +67,7 @@ def _estimate(estimate: Mapping[str, Any] | None) -> str:
 
 
 def _usd(value: float | None) -> str:
-    return "unknown" if value is None else f"${value:,.4f}"
+    return format_usd(value, "unknown")
 
 
 def _latency(model: Mapping[str, Any]) -> str:

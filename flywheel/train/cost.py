@@ -18,7 +18,14 @@ from sdk._pricing import PriceTable
 
 from .providers.base import export_sides
 
-__all__ = ["CostEstimate", "auto_epochs", "estimate_cost", "estimate_export", "over_budget"]
+__all__ = [
+    "CostEstimate",
+    "auto_epochs",
+    "estimate_cost",
+    "estimate_export",
+    "format_usd",
+    "over_budget",
+]
 
 _TARGET_EPOCHS = 3
 _MIN_TARGET_EXAMPLES = 100
@@ -85,6 +92,17 @@ def estimate_export(
     side = export_sides(method)[0]
     tokens = int(manifest.get("validation", {}).get(side, {}).get("total_tokens", 0))
     return estimate_cost(base_model, tokens, int(manifest["counts"][side]), hyperparameters)
+
+
+def format_usd(value: float | None, missing: str = "-") -> str:
+    """A cost for people: cents above $1, four decimals above a cent, six below (a small job or a
+    single request costs fractions of a cent, which two decimals would show as $0.00)."""
+    if value is None:
+        return missing
+    if value == 0:
+        return "$0"
+    size = abs(value)
+    return f"${value:,.2f}" if size >= 1 else f"${value:.4f}" if size >= 0.01 else f"${value:.6f}"
 
 
 def over_budget(

@@ -30,6 +30,7 @@ __all__ = [
     "job_for_version",
     "jobs_of",
     "last_sent",
+    "launch_blocker",
     "list_jobs",
     "read_job",
     "unfinished_jobs",
@@ -174,6 +175,25 @@ def job_for_version(conn: Connection, pipeline: str, dataset_id: int, version: i
     ).first()
     conn.rollback()
     return None if row is None else _from_row(row)
+
+
+def launch_blocker(
+    conn: Connection, pipeline: str, dataset: str, dataset_id: int, version: int
+) -> tuple[int, str | None]:
+    """The attempt a launch on this dataset version would be, and why it may not launch now
+    (``None``: it may). ``flywheel train`` and its ``--dry-run`` plan both ask this, so the plan
+    never promises a launch that ``train`` then refuses."""
+    existing = job_for_version(conn, pipeline, dataset_id, version)
+    if existing is not None and existing.status not in RETRYABLE:
+        return existing.attempt, (
+            f"dataset {dataset} version {version} already has job {existing.id} ({existing.status}); "
+            "a new job needs new data"
+        )
+    pending = unfinished_jobs(conn, pipeline)
+    attempt = 1 if existing is None else existing.attempt + 1
+    if pending:
+        return attempt, f"job {pending[-1].id} of pipeline {pipeline} is still {pending[-1].status}"
+    return attempt, None
 
 
 def read_job(conn: Connection, job_id: int, *, with_events: bool = False) -> TrackedJob:

@@ -33,7 +33,7 @@ from ..export import ExportError
 from ..query import as_utc, connect
 from . import jobs
 from .config import FlywheelConfig, Pipeline, TrainSettings
-from .cost import estimate_export, over_budget
+from .cost import estimate_export, format_usd, over_budget
 from .jobs import Claim, TrackedJob
 from .providers.base import (
     JOB_METADATA_KEY,
@@ -242,10 +242,11 @@ def _steps(
     _held(jobs.renew(conn, job.id, me, clock(), create_sent_at=clock()), job)
     state = provider.launch(request, prepared)
     launched = jobs.record_state(conn, jobs.get_job(database_url, job.id), state, clock())
+    cost = format_usd(launched.estimated_cost_usd, "unknown cost")
     return LaunchOutcome(
         launched,
         f"launched job {launched.id} on {launched.provider} as {state.provider_job_id} "
-        f"({launched.train_examples} examples, estimated {_usd(launched.estimated_cost_usd)})",
+        f"({launched.train_examples} examples, estimated {cost})",
     )
 
 
@@ -281,7 +282,3 @@ def _adopt(
 def _held(still_ours: bool, job: TrackedJob) -> None:
     if not still_ours:
         raise UsageError(f"job {job.id}: another watcher took over its launch; leaving it", str(job.id))
-
-
-def _usd(value: float | None) -> str:
-    return "unknown cost" if value is None else f"${value:,.2f}"

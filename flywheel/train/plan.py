@@ -112,6 +112,7 @@ def plan_training(database_url: str, config: FlywheelConfig, name: str) -> Train
         waiting = count_new_calls(conn, int(dataset.id), pipeline.filter.refreshed())
         decision = current_decision(conn, pipeline, dataset, step_time())
         existing = jobs.job_for_version(conn, name, int(dataset.id), int(dataset.version))
+        _, blocked = jobs.launch_blocker(conn, name, pipeline.dataset, int(dataset.id), int(dataset.version))
     problem: str | None = None
     estimate: CostEstimate | None = None
     train_examples = test_examples = None
@@ -124,8 +125,7 @@ def plan_training(database_url: str, config: FlywheelConfig, name: str) -> Train
             train_side, test_side = export_sides(train.method)
             train_examples, test_examples = exported.counts[train_side], exported.counts[test_side]
             estimate = estimate_export(train.base_model, train.method, hyperparameters, exported.manifest)
-    if problem is None and existing is not None and existing.status not in jobs.RETRYABLE:
-        problem = f"dataset version {dataset.version} already has job {existing.id} ({existing.status})"
+    problem = problem or blocked
     if problem is None and estimate is not None:
         problem = over_budget(train.max_cost_usd, train.base_model, estimate.usd, estimate.training_tokens)
     return TrainPlan(

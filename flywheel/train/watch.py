@@ -272,17 +272,9 @@ def train_now(
         steps = run_steps(database_url, pipeline, workers=workers)
         with connect(database_url) as conn:
             dataset = require_dataset(conn, pipeline.dataset)
-            existing = jobs.job_for_version(conn, pipeline.name, int(dataset.id), int(dataset.version))
-            pending = jobs.unfinished_jobs(conn, pipeline.name)
-        attempt = 1
-        if existing is not None:
-            if existing.status not in jobs.RETRYABLE:
-                raise UsageError(
-                    f"dataset {pipeline.dataset} version {existing.dataset_version} already has job "
-                    f"{existing.id} ({existing.status}); a new job needs new data",
-                    name,
-                )
-            attempt = existing.attempt + 1
-        if pending:
-            raise UsageError(f"job {pending[-1].id} of pipeline {name} is still {pending[-1].status}", name)
+            attempt, blocked = jobs.launch_blocker(
+                conn, name, pipeline.dataset, int(dataset.id), int(dataset.version)
+            )
+        if blocked is not None:
+            raise UsageError(blocked, name)
         return steps, launch(database_url, config, pipeline, attempt=attempt, workers=workers)
