@@ -48,6 +48,7 @@ from .errors import UsageError
 from .near_duplicates import DEFAULT_THRESHOLD, choose_representative, input_text, near_duplicate_clusters
 from .parallel import workers_for
 from .query import connect
+from .split import split_key
 
 __all__ = ["Cluster", "DedupResult", "dedup_dataset"]
 
@@ -232,7 +233,7 @@ def _items(
     for partition in conn.execute(statement).partitions():
         for entry, call_id, cluster_key, exported_in, input_hash, *text in partition:
             seen.ids.append(entry)
-            seen.keys[entry] = cluster_key or input_hash or call_id
+            seen.keys[entry] = split_key(cluster_key, input_hash, call_id)
             if cluster_key is not None:
                 seen.has_cluster_key.add(entry)
             seen.hashes[entry] = input_hash

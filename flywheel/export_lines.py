@@ -27,7 +27,7 @@ from .finetune_format import (
     prune_rule_from_dict,
 )
 from .parallel import ordered_map
-from .split import Side, stable_split
+from .split import Side, split_key, stable_split
 from .validate import DatasetValidator, Issue
 
 __all__ = ["EntryRow", "ExportJob", "PreparedEntry", "job_rules", "prepare_entries", "prepared_batches"]
@@ -87,7 +87,7 @@ def prepare_entries(job: ExportJob, rows: Sequence[EntryRow]) -> list[PreparedEn
         except UnconvertibleCallError as exc:
             prepared.append(PreparedEntry(entry, call_id, None, reason=str(exc)))
             continue
-        key = cluster_key or input_hash or call_id
+        key = split_key(cluster_key, input_hash, call_id)
         side = stable_split(key, job.test_fraction, salt=job.salt, stratum=stratum if job.stratify else None)
         issues, tokens = chat_check.check(example)
         pair_issues: list[Issue] = []

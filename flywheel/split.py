@@ -40,6 +40,7 @@ __all__ = [
     "SplitEntry",
     "assign_splits",
     "split_counts",
+    "split_key",
     "split_point",
     "stable_split",
 ]
@@ -57,6 +58,13 @@ def split_point(key: str, *, salt: str = "", stratum: str | None = None) -> floa
     parts = [salt.encode(), b"" if stratum is None else b"s" + stratum.encode(), key.encode()]
     digest = hashlib.blake2b(_SEPARATOR.join(parts), digest_size=8).digest()
     return int.from_bytes(digest, "big") / _SCALE
+
+
+def split_key(cluster_key: str | None, input_hash: str | None, call_id: str) -> str:
+    """The key an entry's side is drawn from: its dedup cluster, else its input hash, else its call
+    id. Export, dedup and the training thresholds all use this one rule, so the train side a
+    threshold counts is the one the export writes."""
+    return cluster_key or input_hash or call_id
 
 
 def stable_split(

@@ -27,7 +27,7 @@ from sdk.schema import call_tags, calls, dataset_entries
 
 from ..datasets import entries_at
 from ..export import SplitRules
-from ..split import stable_split
+from ..split import split_key, stable_split
 from .config import ExportStep, Pipeline, TrainSettings
 from .job_rows import TrackedJob, jobs_of, last_sent
 
@@ -140,8 +140,9 @@ def train_side_counts(
     )
     total = added_after = 0
     for cluster_key, input_hash, call_id, added_in, value in conn.execute(statement):
-        key = cluster_key or input_hash or call_id
-        side = stable_split(key, rules.test_fraction, salt=rules.salt, stratum=value)
+        side = stable_split(
+            split_key(cluster_key, input_hash, call_id), rules.test_fraction, salt=rules.salt, stratum=value
+        )
         if side == "train":
             total += 1
             if after_version is not None and added_in > after_version:
