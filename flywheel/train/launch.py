@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -170,20 +170,20 @@ def _drive(
     train = pipeline.training()
     with connect(database_url) as conn:
         job = jobs.get_job(database_url, job_id)
-        provider = build_provider(job.provider, job.settings)
-        try:
-            return _steps(database_url, conn, pipeline, train, job, provider, me, workers, clock)
-        except TransientProviderError as exc:
-            jobs.add_event(conn, job.id, clock(), "decision", f"launch interrupted: {exc}", level="warning")
-            jobs.release(conn, job.id, me, clock())
-            raise
-        except ProviderError as exc:
-            failed = jobs.finish_without_provider(
-                conn, job, "failed", f"the provider refused the job: {exc}", clock()
-            )
-            raise ProviderError(f"job {failed.id}: {exc.message}", exc.where) from exc
-        finally:
-            provider.close()
+        with build_provider(job.provider, job.settings) as provider:
+            try:
+                return _steps(database_url, conn, pipeline, train, job, provider, me, workers, clock)
+            except TransientProviderError as exc:
+                jobs.add_event(
+                    conn, job.id, clock(), "decision", f"launch interrupted: {exc}", level="warning"
+                )
+                jobs.release(conn, job.id, me, clock())
+                raise
+            except ProviderError as exc:
+                failed = jobs.finish_without_provider(
+                    conn, job, "failed", f"the provider refused the job: {exc}", clock()
+                )
+                raise ProviderError(f"job {failed.id}: {exc.message}", exc.where) from exc
 
 
 def _steps(
@@ -256,7 +256,7 @@ def _adopt(
     """After a create that may have reached the provider: adopt the job it made, or wait for the
     settle time to pass; ``None`` when there is no such job and it is safe to create one."""
     assert job.create_sent_at is not None
-    settle = timedelta(seconds=float(getattr(provider.settings, "create_settle_s", 0.0)))
+    settle = provider.create_settle
     sent = as_utc(job.create_sent_at)
     if clock() < sent + settle:
         jobs.release(conn, job.id, me, clock())

@@ -42,11 +42,8 @@ def _handle(job: TrackedJob, provider: Provider) -> JobHandle:
 
 def poll_job(database_url: str, job: TrackedJob, *, clock: Clock = step_time) -> TrackedJob:
     """Ask the provider about ``job`` and store the answer; the job as stored after it."""
-    provider = build_provider(job.provider, job.settings)
-    try:
+    with build_provider(job.provider, job.settings) as provider:
         state = provider.poll(_handle(job, provider))
-    finally:
-        provider.close()
     with connect(database_url) as conn:
         updated = jobs.record_state(conn, job, state, clock())
     if updated.status != job.status:
@@ -86,11 +83,8 @@ def cancel_job(database_url: str, job_id: int, *, clock: Clock = step_time) -> T
             return jobs.finish_without_provider(
                 conn, job, "cancelled", "cancelled before it reached the provider", clock()
             )
-    provider = build_provider(job.provider, job.settings)
-    try:
+    with build_provider(job.provider, job.settings) as provider:
         state = provider.cancel(_handle(job, provider))
-    finally:
-        provider.close()
     with connect(database_url) as conn:
         jobs.add_event(conn, job.id, clock(), "decision", "cancel requested")
         return jobs.record_state(conn, job, state, clock())

@@ -28,9 +28,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -228,5 +228,17 @@ class Provider(ABC):
     def cancel(self, handle: JobHandle) -> JobState:
         """Ask the trainer to stop the job; the state after asking."""
 
+    @property
+    def create_settle(self) -> timedelta:
+        """After a crash while a create request was in flight, how long to wait for that job to
+        appear before creating one again (a provider whose create is not asynchronous: none)."""
+        return timedelta(0)
+
     def close(self) -> None:  # noqa: B027 - most providers hold nothing to close
         """Release what the provider holds (HTTP clients)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -77,6 +77,10 @@ class OpenAIProvider(Provider):
         assert isinstance(settings, OpenAISettings)
         self._settings = settings
         self._client: openai.OpenAI | None = None
+
+    @property
+    def create_settle(self) -> timedelta:
+        return timedelta(seconds=self._settings.create_settle_s)
 
     @property
     def client(self) -> openai.OpenAI:
