@@ -270,8 +270,8 @@ def test_prepare_lays_out_data_config_and_output(tmp_path: Path) -> None:
         "config": str(work / "config.yaml"),
         "output_dir": str(work / "output"),
     }
-    assert (work / "data/train.jsonl").read_bytes() == files.train.read_bytes()
-    assert (work / "data/test.jsonl").read_bytes() == files.test.read_bytes()
+    assert (work / "data/train.jsonl").read_bytes() == files.training_file("supervised").read_bytes()
+    assert (work / "data/test.jsonl").read_bytes() == files.validation_file("supervised").read_bytes()
     assert (work / "output").is_dir()
     config = json.loads((work / "config.yaml").read_text())
     assert config["dataset_name"] == str(work / "data") and config["learning_rate"] == 1e-4

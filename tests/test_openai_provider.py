@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import openai
@@ -92,9 +93,12 @@ def test_upload_create_find_poll_to_success(server: MockServer, tmp_path: Path) 
         assert provider.find(_request(tmp_path, settings, key="other")) is None
         handle = JobHandle(launched.provider_job_id, settings, tmp_path, {}, None)
         seen: list[str] = []
+        estimated: list[str] = []
         deadline = time.monotonic() + 20
         while True:
             state = provider.poll(handle)
+            if state.details["estimated_finish"] is not None:
+                estimated.append(state.details["estimated_finish"])
             seen.extend(event.provider_event_id or "" for event in state.events)
             handle = JobHandle(handle.provider_job_id, settings, tmp_path, {}, seen[-1] if seen else None)
             if state.finished or time.monotonic() > deadline:
@@ -107,6 +111,9 @@ def test_upload_create_find_poll_to_success(server: MockServer, tmp_path: Path) 
         assert state.trained_tokens and state.trained_tokens > 0
         assert len(seen) == len(set(seen)), "each event is returned once"
         assert "checkpoints" in state.details
+        # The provider's finish estimate is kept with the job while it runs, and gone once it ended.
+        assert estimated and all(datetime.fromisoformat(when).tzinfo is not None for when in estimated)
+        assert state.details["estimated_finish"] is None
     finally:
         provider.close()
 
@@ -168,7 +175,7 @@ def test_dpo_uploads_the_preference_pairs(server: MockServer, tmp_path: Path) ->
         for n in range(12)
     ]
     files = _files(tmp_path)
-    files.preference_train.write_bytes(b"".join(orjson.dumps(pair) + b"\n" for pair in pairs))
+    files.training_file("dpo").write_bytes(b"".join(orjson.dumps(pair) + b"\n" for pair in pairs))
     settings = OpenAISettings(base_url=server.base_url, api_key_env=KEY_ENV)
     provider = OpenAIProvider(settings)
     try:
@@ -183,6 +190,6 @@ def test_dpo_uploads_the_preference_pairs(server: MockServer, tmp_path: Path) ->
             uploaded = client.files.content(prepared["training_file"]).read()
         assert job.method is not None and job.method.type == "dpo"
         assert job.method.dpo is not None and job.method.dpo.hyperparameters.beta == 0.2  # type: ignore[union-attr]
-        assert uploaded == files.preference_train.read_bytes()
+        assert uploaded == files.training_file("dpo").read_bytes()
     finally:
         provider.close()

@@ -101,22 +101,6 @@ class TrainingFiles:
     directory: Path
     manifest: Mapping[str, Any]
 
-    @property
-    def train(self) -> Path:
-        return self.directory / "train.jsonl"
-
-    @property
-    def test(self) -> Path:
-        return self.directory / "test.jsonl"
-
-    @property
-    def preference_train(self) -> Path:
-        return self.directory / "preference_train.jsonl"
-
-    @property
-    def preference_test(self) -> Path:
-        return self.directory / "preference_test.jsonl"
-
     def training_file(self, method: Method) -> Path:
         """The file to train on: chat examples, or preference pairs for DPO."""
         return self.directory / f"{export_sides(method)[0]}.jsonl"
@@ -177,7 +161,6 @@ class JobState:
     fine_tuned_model: str | None = None
     trained_tokens: int | None = None
     error: str | None = None
-    estimated_finish: datetime | None = None
     events: tuple[JobEvent, ...] = ()
     details: Mapping[str, Any] = field(default_factory=dict)
 

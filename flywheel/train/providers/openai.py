@@ -21,6 +21,7 @@ from pydantic import Field
 
 from .base import (
     JOB_METADATA_KEY,
+    TERMINAL_STATUSES,
     JobEvent,
     JobHandle,
     JobRequest,
@@ -204,13 +205,17 @@ class OpenAIProvider(Provider):
         resolved = job.hyperparameters.model_dump(exclude_none=True) if job.hyperparameters else {}
         if resolved:
             details["resolved_hyperparameters"] = resolved
+        # Stored with the job (details are merged), so an ended job says null, not a stale time.
+        ended = job.status in TERMINAL_STATUSES
+        details["estimated_finish"] = (
+            None if ended or not finish else datetime.fromtimestamp(finish, UTC).isoformat()
+        )
         return JobState(
             provider_job_id=job.id,
             status=job.status,
             fine_tuned_model=job.fine_tuned_model,
             trained_tokens=job.trained_tokens,
             error=error if job.status == "failed" else None,
-            estimated_finish=datetime.fromtimestamp(finish, UTC) if finish else None,
             events=events,
             details=details,
         )
