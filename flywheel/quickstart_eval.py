@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,14 @@ import sdk
 from sdk import _routing
 
 from .errors import UsageError
-from .evaluate.promote import promote, promotion_history
+from .evaluate.auto_promote import score_of
+from .evaluate.promote import current_model, promote
 from .evaluate.report import eval_report
 from .evaluate.report_html import render_html
 from .evaluate.report_text import render_text
 from .evaluate.run import run_eval
 from .logs import recent_calls
-from .query import CallFilter
+from .query import CallFilter, connect
 from .quickstart_training import KEY_ENV, PIPELINE, temporary_env
 from .train.config import Pipeline, load_config
 
@@ -84,7 +85,7 @@ def run_eval_tour(
     base_model = pipeline.train.base_model
     run_id, report, html_path = _evaluate(url, pipeline, config_path, [base_model, fine_tuned_model], echo)
     by_name = {model["model"]: model for model in report["models"]}
-    scores = _score(by_name[fine_tuned_model]), _score(by_name[base_model])
+    scores = score_of(by_name[fine_tuned_model], METRIC), score_of(by_name[base_model], METRIC)
     flag = f"--config {config_path}"
     with (
         _routing_settings(config_path, url),
@@ -156,8 +157,9 @@ def _promote(
 ) -> bool:
     """Promote ``model`` if it beat the base model on ``METRIC`` (``scores``: its, the base
     model's); whether it was promoted."""
-    history = promotion_history(url, pipeline.name)
-    if history and history[-1].model == model:
+    with connect(url) as conn:
+        current = current_model(conn, pipeline)
+    if current == model:
         echo(f"  {model} already is the current model of {pipeline.name}")
         return False
     score, base_score = scores
@@ -211,11 +213,6 @@ def _until_routed(client: sdk.OpenAI, system: str, model: str) -> tuple[ChatComp
 
 def _content(reply: ChatCompletion) -> str:
     return repr(reply.choices[0].message.content or "")
-
-
-def _score(model: Mapping[str, Any]) -> float | None:
-    estimate = model["metrics"].get(METRIC)
-    return None if estimate is None else float(estimate["value"])
 
 
 def _percent(value: float | None) -> str:

@@ -19,9 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
-import numpy as np
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -33,6 +32,7 @@ from sdk.schema import call_tags, calls, eval_runs, fine_tune_jobs
 from ..datasets import EVAL_TAG
 from ..errors import UsageError
 from ..query import connect
+from ..stats import percentile
 from ..train.config import Pipeline
 from .asking import TAG_CANDIDATE, stored_outputs
 from .candidates import Candidate
@@ -167,8 +167,8 @@ class _Spend:
             "cost_per_1k_usd": _round(self.cost * per_1k) if per_1k and not self.unpriced else None,
             "prompt_tokens_per_1k": _round(self.prompt_tokens * per_1k) if per_1k else None,
             "completion_tokens_per_1k": _round(self.completion_tokens * per_1k) if per_1k else None,
-            "latency_p50_ms": _round(float(np.percentile(latencies, 50))) if latencies else None,
-            "latency_p95_ms": _round(float(np.percentile(latencies, 95))) if latencies else None,
+            "latency_p50_ms": _round(percentile(latencies, 0.5)),
+            "latency_p95_ms": _round(percentile(latencies, 0.95)),
             "latencies_ms": [_round(value) for value in latencies],
         }
 
@@ -321,5 +321,9 @@ def _clip(text: str) -> str:
     return text if len(text) <= TEXT_SHOWN else text[: TEXT_SHOWN - 1] + "…"
 
 
-def _round(value: float) -> float:
-    return round(value, 6)
+@overload
+def _round(value: float) -> float: ...
+@overload
+def _round(value: None) -> None: ...
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)

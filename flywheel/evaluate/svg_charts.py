@@ -18,13 +18,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from ..stats import percentile
+
 __all__ = [
     "IntervalRow",
     "interval_chart",
     "latency_chart",
     "nice_ceiling",
     "no_data_chart",
-    "quantile",
 ]
 
 WIDTH = 560
@@ -147,15 +148,6 @@ def interval_chart(title: str, rows: Sequence[IntervalRow]) -> str:
     return "\n".join(parts)
 
 
-def quantile(sorted_values: Sequence[float], q: float) -> float:
-    """The continuous ``q`` quantile (linear interpolation) of a non-empty ascending sequence."""
-    position = (len(sorted_values) - 1) * q
-    below = math.floor(position)
-    above = min(below + 1, len(sorted_values) - 1)
-    weight = position - below
-    return sorted_values[below] * (1 - weight) + sorted_values[above] * weight
-
-
 def nice_ceiling(value: float) -> float:
     """The smallest 1, 2, 2.5 or 5 times a power of ten that is >= ``value`` (an axis end)."""
     if value <= 0 or not math.isfinite(value):
@@ -196,7 +188,7 @@ def latency_chart(title: str, latencies_ms: Mapping[str, Sequence[float]]) -> st
             )
             continue
         name = escape(label)
-        x_of = {q: _plot_x(quantile(values, q), axis_max) for q in (0.25, 0.5, 0.75, 0.95)}
+        x_of = {q: _plot_x(percentile(values, q) or 0.0, axis_max) for q in (0.25, 0.5, 0.75, 0.95)}
         x_min = _plot_x(values[0], axis_max)
         for value in _thinned(values):
             parts.append(
