@@ -80,6 +80,7 @@ __all__ = [
     "filter_calls",
     "filter_conditions",
     "format_tag",
+    "parse_duration",
     "parse_tag",
     "parse_time",
     "query",
@@ -126,6 +127,16 @@ def format_tag(key: str, value: str | None) -> str:
     return key if value is None else f"{key}={value}"
 
 
+def parse_duration(text: str) -> timedelta | None:
+    """``N`` + ``s``/``m``/``h``/``d``/``w`` (``"30m"``, ``" 7 d"``) as a ``timedelta``; ``None`` when
+    ``text`` is not such a duration. The relative times of ``--since`` and the config's durations
+    (``min_interval``) are both read by it."""
+    relative = _RELATIVE.fullmatch(text.strip())
+    if relative is None:
+        return None
+    return timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+
+
 def relative_time(text: str) -> str | None:
     """``text`` normalized (``" 7 d"`` -> ``"7d"``) when it is a relative time, else ``None``."""
     relative = _RELATIVE.fullmatch(text.strip())
@@ -141,14 +152,12 @@ def parse_time(text: str, now: datetime | None = None, *, option: str = "--since
     Raises ``BadFilterError`` naming ``option`` and the bad value.
     """
     stripped = text.strip()
-    relative = _RELATIVE.fullmatch(stripped)
-    if relative:
-        reference = as_utc(now) if now is not None else datetime.now(UTC)
-        amount, unit = int(relative.group(1)), relative.group(2)
-        try:
-            return reference - timedelta(**{_UNITS[unit]: amount})
-        except OverflowError:
-            raise BadFilterError(f"time {text!r} is too far back", option) from None
+    try:
+        ago = parse_duration(stripped)
+        if ago is not None:
+            return (as_utc(now) if now is not None else datetime.now(UTC)) - ago
+    except OverflowError:
+        raise BadFilterError(f"time {text!r} is too far back", option) from None
     try:
         return as_utc(datetime.fromisoformat(stripped))
     except ValueError:

@@ -10,7 +10,6 @@ docs/training.md (``config_docs``), so they say what a key is for.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -18,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
 from ..near_duplicates import DEFAULT_THRESHOLD
+from ..query import parse_duration as _parse_duration
 from ..relabel import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from .config_errors import shown
 
@@ -70,17 +70,14 @@ def _auto_or(kind: type[int] | type[float], minimum: float, exclusive: bool) -> 
 AutoInt = Annotated[int | Literal["auto"], _auto_or(int, 1, False), TypeLabel('integer >= 1, or "auto"')]
 AutoFloat = Annotated[float | Literal["auto"], _auto_or(float, 0, True), TypeLabel('number > 0, or "auto"')]
 
-_DURATION = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
 
 def _duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
-        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    elif isinstance(value, str) and (parsed := _parse_duration(value)) is not None:
+        seconds = parsed.total_seconds()
     else:
         raise ValueError(
             f"expected a duration such as '30m', '6h', '1d', '2w' or seconds, got {shown(value)}"
