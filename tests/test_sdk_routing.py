@@ -717,3 +717,17 @@ def test_saved_routes_file_is_private_and_replaced_whole(tmp_path: Path) -> None
     assert _route_store.read_cache(path) == {"classify": "ft:b"}
     assert path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["key.routes.json"]  # no staging file left
+
+
+def test_per_call_tags_and_header_tags_merge_on_plain_calls(db_url: str, mock_server: Any) -> None:
+    migrated(db_url)
+    with sdk.OpenAI(api_key="sk-test", base_url=mock_server.base_url, database_url=db_url) as client:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            tags={"k": "call", "n": 2},  # type: ignore[call-overload]
+            extra_headers=sdk.tag_headers(k="header", h="1"),
+        )
+    assert sdk.flush(timeout=30)
+    (stored,) = fetch_calls(db_url)
+    assert stored["tags"] == {"k": "call", "h": "1", "n": "2"}
